@@ -1,0 +1,1 @@
+//! redb catalog backend. Not built yet: issue 5 fills this crate; it registers nothing, so no runtime can select it.
