@@ -16,7 +16,9 @@ use chrono::{TimeZone, Utc};
 
 /// Run a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{:?}: {e}", cmd.get_program()));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -222,7 +224,7 @@ pub fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
 
 const TAR_BUILDER: &str = r#"
 import io, json, sys, tarfile
-spec = json.loads(sys.argv[1])
+spec = json.load(open(sys.argv[1]))
 tf = tarfile.open(sys.argv[2], mode="w", format=tarfile.PAX_FORMAT)
 for e in spec:
     ti = tarfile.TarInfo(e["name"])
@@ -255,11 +257,14 @@ tf.close()
 /// Build a plain tar with Python's `tarfile` (PAX format) from a JSON entry list:
 /// `{"name", "type": file|symlink|hardlink|dir|fifo|chr, "src"|"data", "link", "pax"}`.
 pub fn python_tar(spec: &serde_json::Value, out: &Path) {
+    let spec_file = out.with_extension("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
     run(Command::new("python3")
         .arg("-c")
         .arg(TAR_BUILDER)
-        .arg(spec.to_string())
+        .arg(&spec_file)
         .arg(out));
+    std::fs::remove_file(spec_file).unwrap();
 }
 
 /// Compress `tar` with `codec` (our own encoder) into `out`.
