@@ -31,7 +31,7 @@ pub use options::{CloneOptions, ExportOptions, SnapshotOptions};
 pub use registry::{Factory, PluginConfig, PluginKind, Registration};
 pub use status::{BoxStatus, Operation};
 pub use storage::{
-    Capabilities, Capture, CloneOutcome, CloneSource, DiskSource, FlatDisk, Release,
+    Capabilities, Capture, CloneOutcome, CloneSource, DiskSource, FlatDisk, Release, Roots,
     SnapshotBackend, StorageContext, Usage,
 };
 pub use types::{

@@ -23,17 +23,20 @@ pub enum BoxStatus {
     Exporting,
     /// The box's current state is being captured for a clone.
     Cloning,
+    /// The box and its snapshots are being removed.
+    Removing,
 }
 
 impl BoxStatus {
     /// Every status, in declaration order.
-    pub const ALL: [BoxStatus; 6] = [
+    pub const ALL: [BoxStatus; 7] = [
         BoxStatus::Stopped,
         BoxStatus::Running,
         BoxStatus::Snapshotting,
         BoxStatus::Restoring,
         BoxStatus::Exporting,
         BoxStatus::Cloning,
+        BoxStatus::Removing,
     ];
 
     /// The stable lower-case name used in the catalog, JSON and messages.
@@ -45,6 +48,7 @@ impl BoxStatus {
             BoxStatus::Restoring => "restoring",
             BoxStatus::Exporting => "exporting",
             BoxStatus::Cloning => "cloning",
+            BoxStatus::Removing => "removing",
         }
     }
 

@@ -121,7 +121,28 @@ pub struct CloneOutcome {
     pub clones: Vec<DiskSet>,
 }
 
-/// Files a backend asks the runtime to delete once the catalog transaction has committed.
+/// Every root that must keep its exact guest-visible content while a backend prepares a
+/// removal: the catalog's roots minus the ones being removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roots {
+    /// Live disks of boxes. A VMM may have these open read-write at any time: a backend must
+    /// never modify them on behalf of another box's operation.
+    pub live: Vec<DiskSet>,
+    /// Snapshot disks (immutable; a backend may reorganise their storage as long as their
+    /// content is unchanged at every instant).
+    pub snapshots: Vec<DiskSet>,
+}
+
+impl Roots {
+    /// All roots, live disks first.
+    pub fn iter(&self) -> impl Iterator<Item = &DiskSet> {
+        self.live.iter().chain(self.snapshots.iter())
+    }
+}
+
+/// Files a backend expects to become garbage once the catalog transaction has committed.
+/// The runtime's garbage collector (reachability from the catalog's roots through
+/// [`SnapshotBackend::references`]) is authoritative; this list is logged for diagnosis.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Release {
     /// Absolute paths; deleting them must be safe once the commit is durable.
@@ -237,6 +258,9 @@ pub trait SnapshotBackend: Send + Sync {
 
     /// Prepare the removal of a snapshot's disks. `remaining` lists every other root that must
     /// keep its exact content (all boxes' live disks and all other snapshots).
+    /// Roots created concurrently by non-exclusive operations (a clone from a snapshot) may be
+    /// missing from `remaining`: a backend must never change the content of any file another
+    /// file may back onto.
     ///
     /// The backend may reorganise storage first (e.g. merge a qcow2 layer into its single
     /// dependant so chains stay short) as long as every root in `remaining` keeps its
@@ -246,7 +270,7 @@ pub trait SnapshotBackend: Send + Sync {
         &self,
         ctx: &StorageContext,
         snapshot: &DiskSet,
-        remaining: &[DiskSet],
+        remaining: &Roots,
     ) -> Result<Release>;
 
     /// Prepare the removal of a box's live disks; same contract as
@@ -255,7 +279,7 @@ pub trait SnapshotBackend: Send + Sync {
         &self,
         ctx: &StorageContext,
         live: &DiskSet,
-        remaining: &[DiskSet],
+        remaining: &Roots,
     ) -> Result<Release>;
 
     /// Every file (absolute path) that `disks` needs to be readable: the disks themselves and,

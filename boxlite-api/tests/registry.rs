@@ -63,20 +63,10 @@ impl SnapshotBackend for FixtureStorage {
     async fn adopt_disks(&self, _: &StorageContext, _: &BoxId, _: &DiskSource) -> Result<DiskSet> {
         refuse()
     }
-    async fn remove_snapshot(
-        &self,
-        _: &StorageContext,
-        _: &DiskSet,
-        _: &[DiskSet],
-    ) -> Result<Release> {
+    async fn remove_snapshot(&self, _: &StorageContext, _: &DiskSet, _: &Roots) -> Result<Release> {
         refuse()
     }
-    async fn remove_disks(
-        &self,
-        _: &StorageContext,
-        _: &DiskSet,
-        _: &[DiskSet],
-    ) -> Result<Release> {
+    async fn remove_disks(&self, _: &StorageContext, _: &DiskSet, _: &Roots) -> Result<Release> {
         refuse()
     }
     async fn references(&self, _: &StorageContext, _: &DiskSet) -> Result<Vec<PathBuf>> {

@@ -1,12 +1,27 @@
 //! # boxlite
 //!
-//! The BoxLite runtime crate: configuration (this scope), and — as later work lands —
-//! `BoxliteRuntime`, `LiteBox` and `SnapshotHandle` with the eight operations, plus the
-//! `boxlite` command-line tool (`src/bin/boxlite.rs`).
+//! The BoxLite runtime: [`BoxliteRuntime`] opens a home (default `~/.boxlite`), runs crash
+//! recovery and creates, lists, removes and imports boxes; [`LiteBox`] exports and clones a
+//! box; [`SnapshotHandle`] creates, lists, gets, removes and restores its snapshots
+//! (DESIGN.md sections 4-9). The `boxlite` CLI (`src/bin/boxlite.rs`) is built on it.
+//!
+//! The plugins linked into this crate register themselves: storage `qcow2`, catalog
+//! `sqlite`, codecs `zstd`, `lz4` and `none`.
 
 #![warn(missing_docs)]
 
+// Linked for their plugin registrations (inventory), even where no item is named.
+extern crate boxlite_archive;
+extern crate boxlite_backend_qcow2;
+extern crate boxlite_catalog_sqlite;
+
 pub mod config;
+pub mod home;
+mod litebox;
+mod runtime;
+mod transfer;
 
 pub use boxlite_api as api;
 pub use config::{Config, ConfigSources};
+pub use litebox::{LiteBox, SnapshotHandle};
+pub use runtime::{BoxOptions, BoxliteRuntime, RecoveryReport};

@@ -1,0 +1,482 @@
+//! `LiteBox` (a handle on one box) and `SnapshotHandle` (its snapshots): the per-box
+//! operations of DESIGN.md section 6.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use boxlite_api::catalog::{BoxRecord, CatalogOp, SnapshotRecord};
+use boxlite_api::status::Operation;
+use boxlite_api::{
+    validate_box_name, validate_snapshot_name, BoxId, BoxInfo, BoxStatus, CloneOptions,
+    CloneSource, DiskSet, Error, ExportOptions, ObjectKind, Result, SnapshotInfo, SnapshotOptions,
+};
+use chrono::Utc;
+
+use crate::runtime::Inner;
+
+/// A handle on one box. Holds its id: renames and removal by others are seen on the next call
+/// (which then fails with `NotFound`).
+pub struct LiteBox {
+    inner: Arc<Inner>,
+    id: BoxId,
+    name: String,
+}
+
+impl std::fmt::Debug for LiteBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiteBox")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+fn running_unsupported(box_name: &str, what: &str) -> Error {
+    Error::Unsupported {
+        what: format!("{what} of running box '{box_name}'"),
+        path: None,
+        hint: "live capture needs a BoxController for the VMM, which this runtime was not given; \
+               stop the box first (`boxlite stop NAME`)"
+            .into(),
+    }
+}
+
+impl LiteBox {
+    pub(crate) fn new(inner: Arc<Inner>, id: BoxId, name: String) -> Self {
+        LiteBox { inner, id, name }
+    }
+
+    /// The box's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The box's id.
+    pub fn id(&self) -> &BoxId {
+        &self.id
+    }
+
+    async fn record(&self) -> Result<BoxRecord> {
+        self.inner.load_box_by_id(&self.id, &self.name).await
+    }
+
+    /// Current information: status, absolute disk paths, snapshot count.
+    ///
+    /// Errors: [`Error::NotFound`] if the box was removed.
+    pub async fn info(&self) -> Result<BoxInfo> {
+        let rec = self.record().await?;
+        self.inner.box_info(rec).await
+    }
+
+    /// The box's snapshots.
+    pub fn snapshot(&self) -> SnapshotHandle<'_> {
+        SnapshotHandle { b: self }
+    }
+
+    /// Host hook: the VMM started the box (Stopped -> Running).
+    ///
+    /// Errors: [`Error::Busy`] during an operation; [`Error::InvalidState`] if already running.
+    pub async fn start(&self) -> Result<()> {
+        self.set_resting(BoxStatus::Stopped, BoxStatus::Running, "start")
+            .await
+    }
+
+    /// Host hook: the VMM stopped the box (Running -> Stopped).
+    ///
+    /// Errors: [`Error::Busy`] during an operation; [`Error::InvalidState`] if not running.
+    pub async fn stop(&self) -> Result<()> {
+        self.set_resting(BoxStatus::Running, BoxStatus::Stopped, "stop")
+            .await
+    }
+
+    async fn set_resting(&self, from: BoxStatus, to: BoxStatus, verb: &str) -> Result<()> {
+        let rec = self.record().await?;
+        if rec.status.is_busy() {
+            return Err(Error::Busy {
+                box_name: self.name.clone(),
+                status: rec.status,
+            });
+        }
+        if rec.status != from {
+            return Err(Error::InvalidState {
+                box_name: self.name.clone(),
+                operation: verb.into(),
+                status: rec.status,
+                hint: format!("the box is already {}", rec.status),
+            });
+        }
+        self.inner
+            .catalog
+            .apply(vec![CatalogOp::SetBoxStatus {
+                box_id: self.id.clone(),
+                expected: from,
+                new: to,
+            }])
+            .await
+    }
+
+    /// Export the box to a `.boxsnap` archive at `dest` (a file path, or a directory to write
+    /// `<name>.boxsnap` into). Returns the archive's path.
+    ///
+    /// Errors: [`Error::Busy`]; [`Error::NoSpace`] (the partial archive is removed);
+    /// [`Error::Config`] for an unknown codec or a level outside its range; I/O errors.
+    pub async fn export(&self, dest: &Path, opts: &ExportOptions) -> Result<PathBuf> {
+        let inner = &self.inner;
+        let rec = self.record().await?;
+        if rec.status == BoxStatus::Running {
+            return Err(running_unsupported(&self.name, "export"));
+        }
+        let codec_name = if !opts.compress {
+            "none".to_owned()
+        } else {
+            opts.codec
+                .clone()
+                .unwrap_or_else(|| inner.config.codec.clone())
+        };
+        let codec =
+            boxlite_api::registry::codec(&codec_name, &inner.config.plugin_config(&codec_name))?;
+        if !codec.levels().contains(&opts.compression_level) && opts.compress {
+            return Err(Error::config(format!(
+                "compression level {} is outside the {} codec's range {:?}",
+                opts.compression_level,
+                codec.name(),
+                codec.levels()
+            )));
+        }
+        let level = if opts.compress {
+            opts.compression_level
+        } else {
+            codec.default_level()
+        };
+        let dest = crate::runtime::absolute(dest)?;
+        let op = inner.begin_op("export", &rec, Operation::Export).await?;
+        let work = async {
+            let mut flats = Vec::new();
+            for (role, path) in rec.disks.iter() {
+                flats.push((role, inner.storage.read_flat(&inner.ctx, path).await?));
+            }
+            let meta = crate::transfer::ExportMeta {
+                box_name: opts.include_metadata.then(|| self.name.clone()),
+                image: if opts.include_metadata {
+                    rec.image.clone()
+                } else {
+                    String::new()
+                },
+                file_stem: self.name.clone(),
+            };
+            let path = crate::transfer::export_blocking(dest, codec, level, meta, flats).await?;
+            Ok((Vec::new(), path))
+        }
+        .await;
+        inner.finish(op, work).await
+    }
+
+    /// Clone the box into a new stopped box `name` (see [`LiteBox::clone_many`]).
+    pub async fn clone(&self, name: &str, opts: &CloneOptions) -> Result<LiteBox> {
+        let mut boxes = self.clone_many(&[name], opts).await?;
+        boxes
+            .pop()
+            .ok_or_else(|| Error::config("internal error: clone returned no box"))
+    }
+
+    /// Clone the box into several new stopped boxes in one call (a fan-out: with the qcow2
+    /// backend every clone is a thin overlay on one shared layer).
+    ///
+    /// From the current state (default) the box must be Stopped; with
+    /// `opts.from_snapshot` any status is fine. `opts.cow = false` makes standalone copies.
+    ///
+    /// Errors: [`Error::InvalidName`] / [`Error::AlreadyExists`] for any name (before any
+    /// I/O; duplicates in `names` count); [`Error::NotFound`] for the snapshot; [`Error::Busy`].
+    pub async fn clone_many(&self, names: &[&str], opts: &CloneOptions) -> Result<Vec<LiteBox>> {
+        let inner = &self.inner;
+        let mut seen = HashSet::new();
+        for name in names {
+            validate_box_name(name)?;
+            if !seen.insert(*name) {
+                return Err(Error::AlreadyExists {
+                    kind: ObjectKind::Box,
+                    name: (*name).to_owned(),
+                    box_name: None,
+                });
+            }
+        }
+        if opts.start_after_clone {
+            return Err(Error::Unsupported {
+                what: "start_after_clone".into(),
+                path: None,
+                hint: "starting a VM needs a BoxController, which this runtime was not given; \
+                       clone, then start the box from your VMM"
+                    .into(),
+            });
+        }
+        for name in names {
+            inner.ensure_name_free(name).await?;
+        }
+        if let Some(snap) = &opts.from_snapshot {
+            validate_snapshot_name(snap)?;
+        }
+        let rec = self.record().await?;
+        let (op, source, label) = match &opts.from_snapshot {
+            Some(snap_name) => {
+                let snap = inner
+                    .catalog
+                    .get_snapshot(&rec.id, snap_name)
+                    .await?
+                    .ok_or_else(|| Error::snapshot_not_found(&self.name, snap_name))?;
+                let op = inner
+                    .begin_op("clone", &rec, Operation::CloneFromSnapshot)
+                    .await?;
+                let src = CloneSource::Snapshot {
+                    box_id: rec.id.clone(),
+                    disks: snap.disks,
+                };
+                (op, src, format!("clone of {}@{}", self.name, snap_name))
+            }
+            None => {
+                if rec.status == BoxStatus::Running {
+                    return Err(running_unsupported(&self.name, "clone"));
+                }
+                let op = inner
+                    .begin_op("clone", &rec, Operation::CloneCurrent)
+                    .await?;
+                let src = CloneSource::Live {
+                    box_id: rec.id.clone(),
+                    disks: rec.disks.clone(),
+                };
+                (op, src, format!("clone of {}", self.name))
+            }
+        };
+        let ids: Vec<BoxId> = names.iter().map(|_| BoxId::generate()).collect();
+        let work = async {
+            let outcome = inner
+                .storage
+                .clone_disks(&inner.ctx, &source, &ids, opts.cow)
+                .await?;
+            if outcome.clones.len() != ids.len() {
+                return Err(Error::config(format!(
+                    "storage backend '{}' returned {} clones for {} requested",
+                    inner.storage.name(),
+                    outcome.clones.len(),
+                    ids.len()
+                )));
+            }
+            let mut ops = Vec::new();
+            if let Some(live) = outcome.source_live {
+                ops.push(CatalogOp::SetBoxDisks {
+                    box_id: rec.id.clone(),
+                    disks: live,
+                });
+            }
+            let now = Utc::now();
+            for ((id, name), disks) in ids.iter().zip(names).zip(outcome.clones) {
+                ops.push(CatalogOp::InsertBox(BoxRecord {
+                    id: id.clone(),
+                    name: Some((*name).to_owned()),
+                    status: BoxStatus::Stopped,
+                    created_at: now,
+                    image: label.clone(),
+                    storage: inner.storage.name().to_owned(),
+                    disks,
+                }));
+            }
+            Ok((ops, ()))
+        }
+        .await;
+        inner.finish(op, work).await?;
+        Ok(ids
+            .into_iter()
+            .zip(names)
+            .map(|(id, name)| LiteBox::new(inner.clone(), id, (*name).to_owned()))
+            .collect())
+    }
+}
+
+/// The snapshots of one box: `box.snapshot().create/list/get/remove/restore`.
+pub struct SnapshotHandle<'a> {
+    b: &'a LiteBox,
+}
+
+impl SnapshotHandle<'_> {
+    /// Take a snapshot named `name` of the box's disks.
+    ///
+    /// Errors: [`Error::InvalidName`] (before any I/O), [`Error::AlreadyExists`],
+    /// [`Error::Busy`], [`Error::Unsupported`] for a running box without a controller.
+    pub async fn create(&self, name: &str, opts: &SnapshotOptions) -> Result<SnapshotInfo> {
+        validate_snapshot_name(name)?;
+        let _ = opts; // quiesce options apply to running boxes only (see running_unsupported)
+        let inner = &self.b.inner;
+        let rec = self.b.record().await?;
+        if inner.catalog.get_snapshot(&rec.id, name).await?.is_some() {
+            return Err(already(&self.b.name, name));
+        }
+        if rec.status == BoxStatus::Running {
+            return Err(running_unsupported(&self.b.name, "snapshot"));
+        }
+        let op = inner
+            .begin_op("snapshot_create", &rec, Operation::SnapshotCreate)
+            .await?;
+        let work = async {
+            let cap = inner
+                .storage
+                .snapshot(&inner.ctx, &rec.id, &rec.disks)
+                .await?;
+            let snap = SnapshotRecord {
+                box_id: rec.id.clone(),
+                name: name.to_owned(),
+                created_at: Utc::now(),
+                disks: cap.snapshot,
+                guest_disk_bytes: cap.guest_disk_bytes,
+                container_disk_bytes: cap.container_disk_bytes,
+            };
+            let info = snapshot_info(&snap);
+            Ok((
+                vec![
+                    CatalogOp::InsertSnapshot(snap),
+                    CatalogOp::SetBoxDisks {
+                        box_id: rec.id.clone(),
+                        disks: cap.live,
+                    },
+                ],
+                info,
+            ))
+        }
+        .await;
+        inner.finish(op, work).await
+    }
+
+    /// The box's snapshots, oldest first (same-instant snapshots in creation order).
+    pub async fn list(&self) -> Result<Vec<SnapshotInfo>> {
+        let rec = self.b.record().await?;
+        Ok(self
+            .b
+            .inner
+            .catalog
+            .list_snapshots(&rec.id)
+            .await?
+            .iter()
+            .map(snapshot_info)
+            .collect())
+    }
+
+    /// The snapshot `name`, or `None`.
+    ///
+    /// Errors: [`Error::InvalidName`]; [`Error::NotFound`] if the box was removed.
+    pub async fn get(&self, name: &str) -> Result<Option<SnapshotInfo>> {
+        validate_snapshot_name(name)?;
+        let rec = self.b.record().await?;
+        Ok(self
+            .b
+            .inner
+            .catalog
+            .get_snapshot(&rec.id, name)
+            .await?
+            .as_ref()
+            .map(snapshot_info))
+    }
+
+    /// Absolute paths of the snapshot's (immutable) disk files, for inspection tools.
+    ///
+    /// Errors: [`Error::NotFound`].
+    pub async fn disks(&self, name: &str) -> Result<DiskSet> {
+        validate_snapshot_name(name)?;
+        let rec = self.b.record().await?;
+        let snap = self.load(&rec, name).await?;
+        Ok(snap.disks.under(&self.b.inner.home.root))
+    }
+
+    /// Make the box's disks equal to snapshot `name`. The box must be Stopped and stays
+    /// Stopped; every snapshot is kept.
+    ///
+    /// Errors: [`Error::NotFound`], [`Error::InvalidState`] (running), [`Error::Busy`].
+    pub async fn restore(&self, name: &str) -> Result<()> {
+        validate_snapshot_name(name)?;
+        let inner = &self.b.inner;
+        let rec = self.b.record().await?;
+        let snap = self.load(&rec, name).await?;
+        let op = inner
+            .begin_op("snapshot_restore", &rec, Operation::SnapshotRestore)
+            .await?;
+        let work = async {
+            let live = inner
+                .storage
+                .restore(&inner.ctx, &rec.id, &snap.disks)
+                .await?;
+            Ok((
+                vec![CatalogOp::SetBoxDisks {
+                    box_id: rec.id.clone(),
+                    disks: live,
+                }],
+                (),
+            ))
+        }
+        .await;
+        inner.finish(op, work).await
+    }
+
+    /// Remove snapshot `name`. Boxes cloned from it and other snapshots are unaffected; its
+    /// storage is reclaimed once nothing depends on it.
+    ///
+    /// Errors: [`Error::NotFound`], [`Error::InvalidState`] (running), [`Error::Busy`].
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        validate_snapshot_name(name)?;
+        let inner = &self.b.inner;
+        let rec = self.b.record().await?;
+        self.load(&rec, name).await?;
+        let op = inner
+            .begin_op("snapshot_remove", &rec, Operation::SnapshotRemove)
+            .await?;
+        let work = async {
+            // Re-read under the held status: a concurrent remove may have won.
+            let snap = inner
+                .catalog
+                .get_snapshot(&rec.id, name)
+                .await?
+                .ok_or_else(|| Error::snapshot_not_found(&self.b.name, name))?;
+            let mut remaining = inner.roots().await?;
+            if let Some(pos) = remaining.snapshots.iter().position(|d| *d == snap.disks) {
+                remaining.snapshots.remove(pos);
+            }
+            inner
+                .storage
+                .remove_snapshot(&inner.ctx, &snap.disks, &remaining)
+                .await?;
+            Ok((
+                vec![CatalogOp::RemoveSnapshot {
+                    box_id: rec.id.clone(),
+                    name: name.to_owned(),
+                }],
+                (),
+            ))
+        }
+        .await;
+        inner.finish(op, work).await
+    }
+
+    async fn load(&self, rec: &BoxRecord, name: &str) -> Result<SnapshotRecord> {
+        self.b
+            .inner
+            .catalog
+            .get_snapshot(&rec.id, name)
+            .await?
+            .ok_or_else(|| Error::snapshot_not_found(&self.b.name, name))
+    }
+}
+
+fn already(box_name: &str, name: &str) -> Error {
+    Error::AlreadyExists {
+        kind: ObjectKind::Snapshot,
+        name: name.to_owned(),
+        box_name: Some(box_name.to_owned()),
+    }
+}
+
+fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
+    SnapshotInfo {
+        name: s.name.clone(),
+        created_at: s.created_at,
+        size_bytes: s.guest_disk_bytes + s.container_disk_bytes,
+        guest_disk_bytes: s.guest_disk_bytes,
+        container_disk_bytes: s.container_disk_bytes,
+    }
+}
