@@ -1,5 +1,12 @@
 //! In-process qcow2 image layer and the external copy-on-write qcow2 backend.
 //!
-//! The image layer lives in [`image`]; see `docs/qcow2.md`.
+//! * [`image`]: the qcow2 format itself (safe open, chains, reads, writes, overlays,
+//!   flatten, rebase, merge, check); see `docs/qcow2.md`.
+//! * [`backend`]: the `qcow2` storage backend built on it, registered with the plugin
+//!   registry under the name `qcow2`.
 
+pub mod backend;
+mod convert;
 pub mod image;
+
+pub use backend::{Qcow2Backend, Qcow2Settings};
