@@ -274,7 +274,10 @@ impl SnapshotBackend for Qcow2Backend {
                     DiskRole::Container => &staged.container,
                 };
                 // Re-validate under the store's rules: standalone, opens cleanly.
-                let chain = Chain::open(from, &OpenOptions::new().allowed_root(Some(store.root.clone())))?;
+                let chain = Chain::open(
+                    from,
+                    &OpenOptions::new().allowed_root(Some(store.root.clone())),
+                )?;
                 if chain.layers().len() != 1 {
                     return Err(Error::corrupt(from, "adopted disks must be standalone"));
                 }
@@ -334,14 +337,7 @@ impl SnapshotBackend for Qcow2Backend {
 
     async fn stored_files(&self, ctx: &StorageContext) -> Result<Vec<PathBuf>> {
         let store = self.store(ctx);
-        blocking(move || {
-            store
-                .files()?
-                .into_iter()
-                .map(|p| canonical(&p))
-                .collect()
-        })
-        .await
+        blocking(move || store.files()?.into_iter().map(|p| canonical(&p)).collect()).await
     }
 
     async fn usage(&self, ctx: &StorageContext, disks: &DiskSet) -> Result<Usage> {
@@ -442,15 +438,19 @@ fn import_base(store: &Store, input: &Path) -> Result<PathBuf> {
         let ov = store
             .base_dir()
             .join(format!(".raw-{}.qcow2", ulid::Ulid::new()));
-        let size = std::fs::metadata(input).map_err(|e| Error::io(input, e))?.len();
-        let name = input
-            .to_str()
-            .ok_or_else(|| Error::config(format!("{}: image path is not UTF-8", input.display())))?;
+        let size = std::fs::metadata(input)
+            .map_err(|e| Error::io(input, e))?
+            .len();
+        let name = input.to_str().ok_or_else(|| {
+            Error::config(format!("{}: image path is not UTF-8", input.display()))
+        })?;
         crate::image::create_overlay(&ov, Some((name, crate::image::BackingFormat::Raw)), size)?;
         raw_overlay = Some(ov.clone());
         Chain::open(&ov, &opts)
     };
-    let result = chain.map_err(Error::from).and_then(|chain| flatten_into_base(store, &chain));
+    let result = chain
+        .map_err(Error::from)
+        .and_then(|chain| flatten_into_base(store, &chain));
     if let Some(ov) = raw_overlay {
         let _ = std::fs::remove_file(ov);
     }
@@ -485,7 +485,11 @@ fn dependants_of(store: &Store, layer: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for file in store.files()? {
         let file = canonical(&file)?;
-        if file.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+        if file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
             continue; // a staging name of an operation in flight
         }
         let backing = match memo.get(&file) {

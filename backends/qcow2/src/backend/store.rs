@@ -64,8 +64,10 @@ impl Store {
 
     /// A fresh overlay path in `layers/`.
     pub fn new_layer_path(&self) -> PathBuf {
-        self.layers_dir()
-            .join(format!("{}.qcow2", ulid::Ulid::new().to_string().to_lowercase()))
+        self.layers_dir().join(format!(
+            "{}.qcow2",
+            ulid::Ulid::new().to_string().to_lowercase()
+        ))
     }
 
     /// Create a thin overlay in `layers/` backing onto `backing` (absolute path of a file in the
