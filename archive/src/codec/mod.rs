@@ -10,7 +10,7 @@
 //! name, so `boxlite_api::registry::codec("zstd", ..)` finds it once this crate is linked.
 //!
 //! Decoders never report a clean end of stream for input that stops in the middle of a frame
-//! (`zstd`, `lz4`); for `none` the tar layer in [`crate::read`] detects truncation.
+//! (`zstd`, `lz4`); for `none` the tar reader (`import_archive`) detects truncation.
 
 use std::io::{self, Write};
 use std::sync::Arc;

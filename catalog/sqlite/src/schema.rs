@@ -79,7 +79,7 @@ pub const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
     version  INTEGER NOT NULL
 ) STRICT;";
 
-/// The newest schema version this build knows (the last entry of [`MIGRATIONS`]).
+/// The newest schema version this build knows (the last entry of the migration list).
 pub const SCHEMA_VERSION: u32 = 1;
 
 #[cfg(test)]
