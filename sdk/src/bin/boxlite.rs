@@ -497,14 +497,14 @@ async fn snapshot(cli: &Cli, cmd: &SnapshotCmd) -> CliResult {
             if cli.json {
                 print_json(&snapshot_json(&info, Some(&disks)));
             } else {
-                println!("name:          {}", info.name);
-                println!("box:           {source}");
-                println!("created:       {}", fmt_time(&info.created_at));
-                println!("size:          {}", human(info.size_bytes));
-                println!("guest-rootfs:  {}", human(info.guest_disk_bytes));
-                println!("container:     {}", human(info.container_disk_bytes));
+                println!("name:               {}", info.name);
+                println!("box:                {source}");
+                println!("created:            {}", fmt_time(&info.created_at));
+                println!("size:               {}", human(info.size_bytes));
+                println!("guest-rootfs bytes: {}", human(info.guest_disk_bytes));
+                println!("container bytes:    {}", human(info.container_disk_bytes));
                 for (role, p) in disks.iter() {
-                    println!("{:<14} {}", format!("{role} file:"), p.display());
+                    println!("{:<19} {}", format!("{role} file:"), p.display());
                 }
             }
             Ok(())
