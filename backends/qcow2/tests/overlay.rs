@@ -12,6 +12,9 @@ use std::os::unix::fs::FileExt;
 
 const MIB: u64 = 1 << 20;
 
+/// Builds an image flavour at a path.
+type Maker = Box<dyn Fn(&std::path::Path)>;
+
 #[test]
 fn overlays_pass_qemu_check_and_resolve() {
     if !qemu_available("overlays_pass_qemu_check_and_resolve") {
@@ -83,7 +86,7 @@ fn writes_match_qemu_io_and_pass_check() {
     let base = dp.join("base.qcow2");
     create(&base, "6M", &[]);
     qemu_io(&base, &[w(0x71, 0, 6 * MIB)]);
-    let flavours: Vec<(&str, Box<dyn Fn(&std::path::Path)>)> = vec![
+    let flavours: Vec<(&str, Maker)> = vec![
         (
             "ours",
             Box::new(|pth| {

@@ -80,7 +80,7 @@ impl OpenOptions {
 #[derive(Debug)]
 pub enum Layer {
     /// A qcow2 image.
-    Qcow2(Image),
+    Qcow2(Box<Image>),
     /// A raw file (always the bottom of a chain).
     Raw(RawFile),
 }
@@ -266,11 +266,8 @@ impl Chain {
         };
         let mut seen = HashSet::new();
         seen.insert(canonical(path)?);
-        let mut layers = vec![Layer::Qcow2(top)];
-        loop {
-            let Some(Layer::Qcow2(img)) = layers.last() else {
-                break;
-            };
+        let mut layers = vec![Layer::Qcow2(Box::new(top))];
+        while let Some(Layer::Qcow2(img)) = layers.last() {
             let Some(name) = img.backing_file() else {
                 break;
             };
@@ -317,7 +314,7 @@ impl Chain {
             };
             let layer = match fmt {
                 BackingFormat::Raw => Layer::Raw(RawFile::open(&canon)?),
-                BackingFormat::Qcow2 => Layer::Qcow2(Image::open(&canon, false)?),
+                BackingFormat::Qcow2 => Layer::Qcow2(Box::new(Image::open(&canon, false)?)),
             };
             layers.push(layer);
         }

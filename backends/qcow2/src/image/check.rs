@@ -274,8 +274,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
             }
         }
     }
-    for ci in 0..nclusters as usize {
-        let (s, c) = (stored[ci], w.refs[ci]);
+    for (ci, (&s, &c)) in stored.iter().zip(w.refs.iter()).enumerate() {
         if s == c {
             continue;
         }

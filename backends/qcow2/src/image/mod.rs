@@ -17,6 +17,8 @@ mod check;
 mod compress;
 mod error;
 mod flatten;
+#[doc(hidden)]
+pub mod fuzzing;
 mod header;
 #[allow(clippy::module_inception)]
 mod image;
