@@ -385,7 +385,8 @@ fn case_a13_truncated_and_inconsistent() {
 fn manifest_inconsistencies() {
     let env = Env::new();
     let (g, d) = (env.g(), env.d());
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, Option<&str>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, Option<&str>, &str)> = vec![
         (
             "unknown-field",
             Box::new(|v| v["extra"] = json!(1)),
