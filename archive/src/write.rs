@@ -349,3 +349,28 @@ pub fn export_to_path(
         manifest,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_over_8_gib_get_a_pax_size_record() {
+        let size = USTAR_MAX_SIZE + 12345;
+        let mut out = Vec::new();
+        write_file_header(&mut out, "disk.qcow2", size, 1_700_000_000).unwrap();
+        assert_eq!(out.len(), 3 * BLOCK, "pax header, pax data, file header");
+        let pax: [u8; BLOCK] = out[..BLOCK].try_into().unwrap();
+        let pax = tarfmt::parse_header(&pax).unwrap();
+        assert_eq!(pax.typeflag, PAX_LOCAL);
+        let records = tarfmt::parse_pax(&out[BLOCK..BLOCK + pax.size as usize]).unwrap();
+        assert_eq!(
+            records,
+            vec![("size".to_owned(), size.to_string().into_bytes())]
+        );
+        let file: [u8; BLOCK] = out[2 * BLOCK..].try_into().unwrap();
+        let file = tarfmt::parse_header(&file).unwrap();
+        assert_eq!(file.name, b"disk.qcow2");
+        assert_eq!(file.size, USTAR_MAX_SIZE);
+    }
+}
