@@ -4,7 +4,6 @@
 //! Run: `cargo bench -p boxlite-archive --bench archive` (needs qemu-img, tar, zstd).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::fs::File;

@@ -545,7 +545,7 @@ fn scan(
                 format!("entry '{name}' declares {size} bytes, over the limit of {limit} bytes"),
             ));
         }
-        let padded = size + tarfmt::padding(size) as u64;
+        let padded = size.saturating_add(tarfmt::padding(size) as u64);
         ts.charge(padded, Some(&name))?;
         let mut hasher = Sha256::new();
         match known {
