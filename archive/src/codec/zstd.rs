@@ -96,3 +96,38 @@ boxlite_api::inventory::submit! {
         factory: boxlite_api::Factory::Codec(|_| Ok(Arc::new(ZstdCodec))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_is_an_error_and_big_windows_are_refused() {
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| i.wrapping_mul(2_654_435_761) as u8)
+            .collect();
+        let mut c = Vec::new();
+        let mut enc = ZstdCodec.encoder(Box::new(&mut c), 3).unwrap();
+        enc.write_all(&data).unwrap();
+        enc.finish().unwrap();
+        let read = |b: &[u8], limits: &DecodeLimits| {
+            let mut r = ZstdCodec.decoder(Box::new(b), limits).unwrap();
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        };
+        assert_eq!(read(&c, &DecodeLimits::default()).unwrap(), data);
+        for cut in [0, 3, 4, 9, c.len() / 2, c.len() - 4, c.len() - 1] {
+            assert!(
+                read(&c[..cut], &DecodeLimits::default()).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // Frame header declaring a 2^31-byte window (Window_Descriptor exponent 21).
+        let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 21 << 3, 0x01, 0x10, 0x00];
+        frame.extend_from_slice(&[0u8; 512]);
+        let e = read(&frame, &DecodeLimits::default()).unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+        assert!(ZstdCodec.encoder(Box::new(Vec::new()), 0).is_err());
+        assert!(ZstdCodec.detect(&c) && !ZstdCodec.detect(b"\x04\x22\x4d\x18"));
+    }
+}
