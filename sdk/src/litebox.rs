@@ -136,18 +136,21 @@ impl LiteBox {
         };
         let codec =
             boxlite_api::registry::codec(&codec_name, &inner.config.plugin_config(&codec_name))?;
-        if !codec.levels().contains(&opts.compression_level) && opts.compress {
+        // The default level (3) is zstd's; a codec whose range excludes it uses its own
+        // default. An explicitly chosen level outside the codec's range is an error.
+        let level = if codec.levels().contains(&opts.compression_level) {
+            opts.compression_level
+        } else if !opts.compress
+            || opts.compression_level == ExportOptions::default().compression_level
+        {
+            codec.default_level()
+        } else {
             return Err(Error::config(format!(
                 "compression level {} is outside the {} codec's range {:?}",
                 opts.compression_level,
                 codec.name(),
                 codec.levels()
             )));
-        }
-        let level = if opts.compress {
-            opts.compression_level
-        } else {
-            codec.default_level()
         };
         let dest = crate::runtime::absolute(dest)?;
         let op = inner.begin_op("export", &rec, Operation::Export).await?;

@@ -258,6 +258,21 @@ async fn export_import_round_trip_and_refusals() {
     run(Command::new("tar").arg("-tf").arg(&p));
     let imp2 = rt.import(&p, "imp2").await.unwrap();
     assert_eq!(box_content(&imp2).await, want);
+
+    // lz4 with the default options (level 3 is zstd's: lz4 uses its own default), detected
+    // by magic on import whatever the file is called.
+    let mut lz = ExportOptions::default();
+    lz.codec("lz4");
+    let p = b.export(&tmp.path().join("lz.tar"), &lz).await.unwrap();
+    let imp3 = rt.import(&p, "imp3").await.unwrap();
+    assert_eq!(box_content(&imp3).await, want);
+    lz.compression_level(9);
+    assert!(matches!(
+        b.export(&tmp.path().join("lz9.tar"), &lz).await,
+        Err(Error::Config { .. })
+    ));
+    assert!(!tmp.path().join("lz9.tar").exists());
+    assert_eq!(b.info().await.unwrap().status, BoxStatus::Stopped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
