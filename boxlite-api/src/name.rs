@@ -40,7 +40,7 @@ fn name_problem(name: &str) -> Option<&'static str> {
         return Some("it is empty");
     };
     if first == b'.' || first == b'-' {
-        return Some("it must not start with '.' or '-'");
+        return Some("it starts with '.' or '-'");
     }
     if name.len() > MAX_NAME_LEN {
         return Some("it is longer than 128 characters");

@@ -131,10 +131,44 @@ impl Home {
         if held.contains_key(&path) {
             return Ok(());
         }
-        let f = open_lock_file(&path)?;
-        f.lock().map_err(|e| Error::io(&path, e))?;
-        held.insert(path, f);
-        Ok(())
+        // A sweeper (another process's `sweep_stale_locks`) may unlink the file between our
+        // open and our lock: keep trying until the locked file is the one at `path`.
+        loop {
+            let f = open_lock_file(&path)?;
+            f.lock().map_err(|e| Error::io(&path, e))?;
+            if same_file(&f, &path)? {
+                held.insert(path, f);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Remove the liveness lock files of processes that are gone (nobody holds their lock).
+    /// Returns how many were removed.
+    pub fn sweep_stale_locks(&self) -> Result<usize> {
+        let dir = self.locks();
+        let mine = format!("pid-{}.lock", std::process::id());
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with("pid-") || !name.ends_with(".lock") || name == mine {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(f) = OpenOptions::new().read(true).write(true).open(&path) else {
+                continue;
+            };
+            // Unlink only while holding the lock, and only the file we locked.
+            if f.try_lock().is_ok() && same_file(&f, &path)? {
+                if fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                }
+                let _ = f.unlock();
+            }
+        }
+        Ok(removed)
     }
 
     /// Whether the process `pid` that wrote a journal entry still has this home open.
@@ -150,12 +184,8 @@ impl Home {
             return false;
         };
         match f.try_lock() {
-            Ok(()) => {
-                // Nobody holds it: the owner is gone. Drop our lock and the stale file.
-                let _ = f.unlock();
-                let _ = fs::remove_file(&path);
-                false
-            }
+            // Nobody holds it: the owner is gone (sweep_stale_locks removes the file).
+            Ok(()) => false,
             Err(_) => true,
         }
     }
@@ -218,6 +248,17 @@ pub struct GcGuard {
     _file: File,
 }
 
+/// Whether the open file `f` is still the file at `path` (same device and inode).
+fn same_file(f: &File, path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let a = f.metadata().map_err(|e| Error::io(path, e))?;
+    match fs::metadata(path) {
+        Ok(b) => Ok(a.dev() == b.dev() && a.ino() == b.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 fn open_lock_file(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
@@ -274,3 +315,41 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Shared handle type used by the runtime for the home.
 pub type SharedHome = Arc<Home>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_pid_locks_are_swept_and_held_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().to_path_buf());
+        home.ensure_dirs("qcow2").unwrap();
+        let stale = home.locks().join("pid-4000000.lock");
+        fs::write(&stale, b"").unwrap();
+        let held_path = home.locks().join("pid-4000001.lock");
+        let held = open_lock_file(&held_path).unwrap();
+        held.lock().unwrap();
+        home.hold_process_lock().unwrap();
+        assert_eq!(home.sweep_stale_locks().unwrap(), 1);
+        assert!(!stale.exists());
+        assert!(held_path.exists(), "a lock held by a live process stays");
+        let mine = home
+            .locks()
+            .join(format!("pid-{}.lock", std::process::id()));
+        assert!(mine.exists());
+        assert!(home.process_alive(4000001, chrono::Utc::now()));
+        assert!(!home.process_alive(4000000, chrono::Utc::now()));
+    }
+
+    #[test]
+    fn unsafe_home_permissions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().join("h"));
+        home.ensure_dirs("qcow2").unwrap();
+        home.check_permissions().unwrap();
+        fs::set_permissions(&home.root, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = home.check_permissions().unwrap_err().to_string();
+        assert!(err.contains("chmod go-w"), "{err}");
+    }
+}

@@ -197,10 +197,10 @@ impl LiteBox {
         for name in names {
             validate_box_name(name)?;
             if !seen.insert(*name) {
-                return Err(Error::AlreadyExists {
+                return Err(Error::InvalidName {
                     kind: ObjectKind::Box,
                     name: (*name).to_owned(),
-                    box_name: None,
+                    reason: "it is given more than once in one clone call",
                 });
             }
         }

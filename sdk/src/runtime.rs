@@ -135,6 +135,7 @@ impl BoxliteRuntime {
             recovery: RecoveryReport::default(),
         };
         inner.recovery = inner.recover().await?;
+        inner.home.sweep_stale_locks()?;
         if !inner.recovery.is_empty() {
             tracing::info!(report = ?inner.recovery, "recovery finished");
         }

@@ -316,6 +316,18 @@ async fn status_rules_and_typed_errors() {
         rt.create(missing, "m").await,
         Err(Error::Io { .. })
     ));
+    // A file that is neither qcow2 nor a plausible raw disk is refused, not imported.
+    let junk = tmp.path().join("hostname.img");
+    std::fs::write(&junk, b"vm\n").unwrap();
+    let empty = tmp.path().join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    for bad in [&junk, &empty] {
+        let mut o = make_images(tmp.path());
+        o.disk = bad.clone();
+        let err = rt.create(o, "junk").await.unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        assert!(rt.get("junk").await.unwrap().is_none());
+    }
 
     // Running: restore and remove refused with InvalidState; status unchanged.
     b.start().await.unwrap();

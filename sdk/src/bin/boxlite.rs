@@ -194,6 +194,15 @@ enum ArchiveCmd {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools: a closed pipe (`boxlite ls | head`) ends the process quietly
+    // instead of a failed print panicking.
+    // SAFETY: restoring the default SIGPIPE disposition before any thread starts.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = tokio::runtime::Builder::new_multi_thread()

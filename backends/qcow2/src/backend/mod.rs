@@ -441,6 +441,18 @@ fn import_base(store: &Store, input: &Path) -> Result<PathBuf> {
         let size = std::fs::metadata(input)
             .map_err(|e| Error::io(input, e))?
             .len();
+        if size == 0 || size % 512 != 0 {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{} is neither a qcow2 image nor a raw disk image ({size} bytes is not a \
+                     non-zero multiple of 512)",
+                    input.display()
+                ),
+                path: Some(input.to_owned()),
+                hint: "pass a qcow2 image or a raw disk image (e.g. made by mkfs or qemu-img)"
+                    .into(),
+            });
+        }
         let name = input.to_str().ok_or_else(|| {
             Error::config(format!("{}: image path is not UTF-8", input.display()))
         })?;
@@ -448,9 +460,13 @@ fn import_base(store: &Store, input: &Path) -> Result<PathBuf> {
         raw_overlay = Some(ov.clone());
         Chain::open(&ov, &opts)
     };
-    let result = chain
-        .map_err(Error::from)
-        .and_then(|chain| flatten_into_base(store, &chain));
+    let result = chain.map_err(Error::from).and_then(|chain| {
+        for layer in chain.layers().iter().skip(if is_qcow2 { 1 } else { 2 }) {
+            tracing::warn!(image = %input.display(), backing = %layer.path().display(),
+                "the image has a backing file: its content is copied into the box");
+        }
+        flatten_into_base(store, &chain)
+    });
     if let Some(ov) = raw_overlay {
         let _ = std::fs::remove_file(ov);
     }
