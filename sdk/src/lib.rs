@@ -12,7 +12,9 @@
 
 // Linked for their plugin registrations (inventory), even where no item is named.
 extern crate boxlite_archive;
+extern crate boxlite_backend_copy;
 extern crate boxlite_backend_qcow2;
+extern crate boxlite_backend_reflink;
 extern crate boxlite_catalog_sqlite;
 
 pub mod config;
