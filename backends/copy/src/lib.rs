@@ -270,10 +270,21 @@ impl<M: CopyMethod> Ops<M> {
     }
 
     fn create(&self, id: &BoxId, source: &DiskSource) -> Result<DiskSet> {
-        let dir = self.new_live_dir(id, false)?;
-        self.fill_dir(&dir, |role, dest| {
-            import::flatten_image(source_path(source, role), dest)
-        })
+        let result = self.new_live_dir(id, false).and_then(|dir| {
+            self.fill_dir(&dir, |role, dest| {
+                import::flatten_image(source_path(source, role), dest)
+            })
+        });
+        if result.is_err() {
+            self.forget_new_box(id);
+        }
+        result
+    }
+
+    /// After a failed create, clone or adopt: remove the new box's directory if it is empty
+    /// (the id is fresh, so no other operation uses it).
+    fn forget_new_box(&self, id: &BoxId) {
+        let _ = fs::remove_dir(self.box_dir(id));
     }
 
     fn snapshot(&self, id: &BoxId, live: &DiskSet) -> Result<Capture> {
@@ -321,6 +332,9 @@ impl<M: CopyMethod> Ops<M> {
             for dir in made {
                 remove_new_dir(&dir);
             }
+            for id in dests {
+                self.forget_new_box(id);
+            }
         }
         result
     }
@@ -352,6 +366,7 @@ impl<M: CopyMethod> Ops<M> {
                 }
             }
             remove_new_dir(&dir);
+            self.forget_new_box(id);
         }
         result
     }
