@@ -15,6 +15,7 @@ extern crate boxlite_archive;
 extern crate boxlite_backend_copy;
 extern crate boxlite_backend_qcow2;
 extern crate boxlite_backend_reflink;
+extern crate boxlite_catalog_redb;
 extern crate boxlite_catalog_sqlite;
 
 pub mod config;
