@@ -40,10 +40,7 @@ pub fn partial_name(dest: &Path) -> Result<PathBuf> {
 ///
 /// Errors: those of `write`; I/O errors (with the path) creating, syncing or renaming;
 /// [`Error::NoSpace`] when the filesystem is full.
-pub fn write_staged(
-    dest: &Path,
-    write: impl FnOnce(&File, &Path) -> Result<()>,
-) -> Result<()> {
+pub fn write_staged(dest: &Path, write: impl FnOnce(&File, &Path) -> Result<()>) -> Result<()> {
     let tmp = partial_name(dest)?;
     let file = fs::OpenOptions::new()
         .read(true)
@@ -73,18 +70,44 @@ pub fn write_staged(
 /// destination is then extended to the source length. On a filesystem without `SEEK_DATA`,
 /// every block is read and all-zero 64 KiB blocks are left as holes.
 ///
+/// On btrfs and xfs, `copy_file_range` within one filesystem may share extents (a reflink);
+/// use [`sparse_copy_unshared`] for a copy that shares nothing.
+///
 /// Returns the number of data bytes copied.
 ///
 /// Errors: I/O errors with the path of the file involved; [`Error::NoSpace`];
 /// [`Error::Corrupt`] if the source shrinks during the copy.
 pub fn sparse_copy(src: &File, src_path: &Path, dst: &File, dst_path: &Path) -> Result<u64> {
+    sparse_copy_impl(src, src_path, dst, dst_path, true)
+}
+
+/// Like [`sparse_copy`] but with `pread`/`pwrite` only, so the destination's data blocks are
+/// its own even on filesystems that share extents (btrfs, xfs): for `cow = false` clones.
+///
+/// Errors: as [`sparse_copy`].
+pub fn sparse_copy_unshared(
+    src: &File,
+    src_path: &Path,
+    dst: &File,
+    dst_path: &Path,
+) -> Result<u64> {
+    sparse_copy_impl(src, src_path, dst, dst_path, false)
+}
+
+fn sparse_copy_impl(
+    src: &File,
+    src_path: &Path,
+    dst: &File,
+    dst_path: &Path,
+    kernel_copy: bool,
+) -> Result<u64> {
     let len = src.metadata().map_err(|e| Error::io(src_path, e))?.len();
     let mut copier = RangeCopier {
         src,
         src_path,
         dst,
         dst_path,
-        kernel_copy: true,
+        kernel_copy,
         buf: Vec::new(),
     };
     let mut copied = 0u64;
@@ -144,7 +167,9 @@ impl RangeCopier<'_> {
         while pos < end && self.kernel_copy {
             let mut off_in = pos as libc::loff_t;
             let mut off_out = pos as libc::loff_t;
-            let want = usize::try_from(end - pos).unwrap_or(usize::MAX).min(1 << 30);
+            let want = usize::try_from(end - pos)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
             // SAFETY: both descriptors are open files owned by the borrowed `File`s; the
             // offset pointers point to live locals for the duration of the call.
             let n = unsafe {
@@ -194,10 +219,9 @@ impl RangeCopier<'_> {
             self.src
                 .read_exact_at(buf, pos)
                 .map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof => Error::corrupt(
-                        self.src_path,
-                        "the file shrank while it was being copied",
-                    ),
+                    io::ErrorKind::UnexpectedEof => {
+                        Error::corrupt(self.src_path, "the file shrank while it was being copied")
+                    }
                     _ => Error::io(self.src_path, e),
                 })?;
             for (i, block) in buf.chunks(ZERO_BLOCK).enumerate() {
@@ -346,7 +370,10 @@ mod tests {
             kernel_copy: false,
             buf: Vec::new(),
         };
-        assert_eq!(c.scan_copy(0, data.len() as u64).unwrap(), ZERO_BLOCK as u64);
+        assert_eq!(
+            c.scan_copy(0, data.len() as u64).unwrap(),
+            ZERO_BLOCK as u64
+        );
         d.set_len(data.len() as u64).unwrap();
         assert_eq!(fs::read(&dst_p).unwrap(), data);
     }

@@ -43,7 +43,9 @@ use boxlite_api::{
 };
 use boxlite_backend_qcow2::image::{Chain, OpenOptions};
 
-use files::{allocated_bytes, create_dir_durable, sparse_copy, sync_dir, write_staged};
+use files::{
+    allocated_bytes, create_dir_durable, sparse_copy, sparse_copy_unshared, sync_dir, write_staged,
+};
 
 /// How a [`FileStore`] copies one disk file, plus the identity of the backend built on it.
 pub trait CopyMethod: Send + Sync + 'static {
@@ -68,7 +70,8 @@ pub trait CopyMethod: Send + Sync + 'static {
     fn copy(&self, src: &File, src_path: &Path, dst: &File, dst_path: &Path) -> Result<()>;
 }
 
-/// Sparse byte copies (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`): the `copy` backend.
+/// Sparse byte copies (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`, see
+/// [`files::sparse_copy`]): the `copy` backend.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SparseCopy;
 
@@ -123,8 +126,9 @@ boxlite_api::inventory::submit! {
 /// A storage backend keeping every disk as a standalone qcow2 file in a per-box directory
 /// (see the crate documentation for the layout), copying files with `M`.
 ///
-/// `clone_disks` with `cow = false` always makes sparse byte copies ([`SparseCopy`]), whatever
-/// `M`, so the clone shares no storage with its source.
+/// `clone_disks` with `cow = false` always makes sparse byte copies by `pread`/`pwrite`
+/// ([`files::sparse_copy_unshared`]), whatever `M`, so the clone shares no storage with its
+/// source, not even extents on btrfs or xfs.
 #[derive(Debug, Default)]
 pub struct FileStore<M> {
     method: Arc<M>,
@@ -178,7 +182,7 @@ fn source_path(src: &DiskSource, role: DiskRole) -> &Path {
 enum How {
     /// With the backend's [`CopyMethod`].
     Method,
-    /// With a sparse byte copy (shares nothing with the source).
+    /// With a sparse byte copy by `pread`/`pwrite` (shares no extents with the source).
     Full,
 }
 
@@ -258,7 +262,7 @@ impl<M: CopyMethod> Ops<M> {
         }
         write_staged(dest, |d, tmp| match how {
             How::Method => self.method.copy(&s, src, d, tmp),
-            How::Full => sparse_copy(&s, src, d, tmp).map(|_| ()),
+            How::Full => sparse_copy_unshared(&s, src, d, tmp).map(|_| ()),
         })
     }
 

@@ -254,5 +254,8 @@ async fn disk_full_is_no_space_and_removes_the_partial() {
         .unwrap_err();
     assert!(err.is_no_space(), "{err}");
     assert_eq!(files_under(&ctx.store), before);
-    assert_eq!(read_disk(&live.under(&home).container)[..4096], [0x42; 4096]);
+    assert_eq!(
+        read_disk(&live.under(&home).container)[..4096],
+        [0x42; 4096]
+    );
 }

@@ -8,10 +8,5 @@ async fn runtime_operations_with_copy_storage() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    common::sdk_scenario(
-        "copy",
-        &tmp.path().join("home"),
-        &tmp.path().join("work"),
-    )
-    .await;
+    common::sdk_scenario("copy", &tmp.path().join("home"), &tmp.path().join("work")).await;
 }

@@ -517,7 +517,11 @@ pub async fn assert_store_consistent(rt: &BoxliteRuntime, home: &Path, storage: 
         }
         for set in sets {
             for (_, p) in set.iter() {
-                assert!(p.exists(), "{step}: referenced disk {} is missing", p.display());
+                assert!(
+                    p.exists(),
+                    "{step}: referenced disk {} is missing",
+                    p.display()
+                );
                 assert_standalone_clean(p);
                 referenced.insert(fs::canonicalize(p).unwrap());
             }
@@ -529,7 +533,10 @@ pub async fn assert_store_consistent(rt: &BoxliteRuntime, home: &Path, storage: 
         "{step}: stored files must be exactly the referenced ones (left: stored, right: referenced)"
     );
     let staging: Vec<_> = fs::read_dir(home.join("staging")).unwrap().collect();
-    assert!(staging.is_empty(), "{step}: staging must be empty: {staging:?}");
+    assert!(
+        staging.is_empty(),
+        "{step}: staging must be empty: {staging:?}"
+    );
 }
 
 /// The eight operations through the runtime with storage `storage` in `home` (scratch
@@ -569,7 +576,12 @@ pub async fn sdk_scenario(storage: &str, home: &Path, work: &Path) {
     b.snapshot().restore("v1").await.unwrap();
     assert_eq!(box_content(&b).await, want_a);
     assert_store_consistent(&rt, home, storage, "restore").await;
-    write_disk(&b.info().await.unwrap().disks.container, 7 << 20, 4096, 0xD0);
+    write_disk(
+        &b.info().await.unwrap().disks.container,
+        7 << 20,
+        4096,
+        0xD0,
+    );
     let want_d = box_content(&b).await;
 
     let c1 = b.clone("c1", &CloneOptions::default()).await.unwrap();
@@ -687,7 +699,13 @@ impl Mount {
         fs::create_dir(&dir).map_err(|e| e.to_string())?;
         try_run(
             Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0755"),
+                    "tmpfs",
+                ])
                 .arg(&dir),
         )?;
         Ok(Mount {
