@@ -289,6 +289,23 @@ pub trait SnapshotBackend: Send + Sync {
     /// deletes files while any root's references cannot be computed.
     async fn references(&self, ctx: &StorageContext, disks: &DiskSet) -> Result<Vec<PathBuf>>;
 
+    /// The union of [`SnapshotBackend::references`] over many roots (what the garbage
+    /// collector keeps). The default calls `references` per root; backends whose roots share
+    /// files (backing chains) override it to read each shared file once.
+    ///
+    /// Errors: as [`SnapshotBackend::references`]; never a partial answer.
+    async fn references_all(
+        &self,
+        ctx: &StorageContext,
+        roots: &[DiskSet],
+    ) -> Result<std::collections::HashSet<PathBuf>> {
+        let mut out = std::collections::HashSet::new();
+        for root in roots {
+            out.extend(self.references(ctx, root).await?);
+        }
+        Ok(out)
+    }
+
     /// Every file (absolute path) currently in the backend's store, for garbage collection and
     /// `boxlite doctor`.
     async fn stored_files(&self, ctx: &StorageContext) -> Result<Vec<PathBuf>>;

@@ -5,9 +5,14 @@
 //!   atomic batches, typed errors, ordering, persistence, concurrency), run by every catalog
 //!   crate through [`catalog_suite_tests!`].
 //!
-//! The storage/runtime suite (disk content equality through the eight operations) is not built
-//! yet.
+//! * [`runtime_suite`]: the eight operations through a `BoxliteRuntime` built from any
+//!   (storage, catalog, codec) [`Combo`], checking guest-visible disk content against a flat
+//!   reference model; stamped into a test crate by [`runtime_suite_tests!`] or run by
+//!   `boxlite conformance`.
 
 #![warn(missing_docs)]
 
 pub mod catalog_suite;
+pub mod runtime_suite;
+
+pub use runtime_suite::Combo;

@@ -25,6 +25,9 @@ mod runtime;
 mod transfer;
 
 pub use boxlite_api as api;
+/// The in-process qcow2 image layer (every backend's disks are qcow2 files): for hosts and
+/// tests that read or write guest data the way a VMM does.
+pub use boxlite_backend_qcow2::image as qcow2;
 pub use config::{Config, ConfigSources};
 pub use litebox::{LiteBox, SnapshotHandle};
 pub use runtime::{BoxOptions, BoxliteRuntime, RecoveryReport};

@@ -525,10 +525,8 @@ impl Inner {
         let Some(_lock) = lock else {
             return Ok(Vec::new());
         };
-        let mut live = HashSet::new();
-        for root in self.roots().await?.iter() {
-            live.extend(self.storage.references(&self.ctx, root).await?);
-        }
+        let roots: Vec<DiskSet> = self.roots().await?.iter().cloned().collect();
+        let live = self.storage.references_all(&self.ctx, &roots).await?;
         let mut deleted = Vec::new();
         for file in self.storage.stored_files(&self.ctx).await? {
             if live.contains(&file) {

@@ -335,6 +335,27 @@ impl SnapshotBackend for Qcow2Backend {
         .await
     }
 
+    async fn references_all(
+        &self,
+        ctx: &StorageContext,
+        roots: &[DiskSet],
+    ) -> Result<HashSet<PathBuf>> {
+        let store = self.store(ctx);
+        let ctx = ctx.clone();
+        let roots = roots.to_vec();
+        blocking(move || {
+            let mut walker = ChainWalker::new(&store);
+            let mut out = HashSet::new();
+            for root in &roots {
+                for (_, p) in root.iter() {
+                    out.extend(walker.files(&ctx.resolve(p))?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn stored_files(&self, ctx: &StorageContext) -> Result<Vec<PathBuf>> {
         let store = self.store(ctx);
         blocking(move || store.files()?.into_iter().map(|p| canonical(&p)).collect()).await
@@ -379,15 +400,16 @@ impl Qcow2Backend {
                     }
                 }
             }
+            let mut walker = ChainWalker::new(&store);
             let mut reachable = HashSet::new();
             for root in remaining.iter() {
                 for (_, p) in root.iter() {
-                    reachable.extend(chain_files(&store, &ctx.resolve(p))?);
+                    reachable.extend(walker.files(&ctx.resolve(p))?);
                 }
             }
             let mut delete = Vec::new();
             for (_, p) in removed.iter() {
-                for f in chain_files(&store, &ctx.resolve(p))? {
+                for f in walker.files(&ctx.resolve(p))? {
                     if !reachable.contains(&f) && !delete.contains(&f) {
                         delete.push(f);
                     }
@@ -487,6 +509,76 @@ fn flatten_into_base(store: &Store, chain: &Chain) -> Result<PathBuf> {
         store::sync_dir(&store.base_dir())?;
     }
     Ok(dest)
+}
+
+/// Walks backing chains reading each file's header once (memoized), strictly: a missing or
+/// unreadable file, a backing file outside the store, a loop or a chain deeper than the limit
+/// is an error, never a shorter answer (the garbage collector relies on that).
+struct ChainWalker<'a> {
+    store: &'a Store,
+    root: PathBuf,
+    backing: HashMap<PathBuf, Option<PathBuf>>,
+}
+
+impl<'a> ChainWalker<'a> {
+    fn new(store: &'a Store) -> Self {
+        let root = std::fs::canonicalize(&store.root).unwrap_or_else(|_| store.root.clone());
+        ChainWalker {
+            store,
+            root,
+            backing: HashMap::new(),
+        }
+    }
+
+    /// Canonical paths of the chain whose top is `top`, top first.
+    fn files(&mut self, top: &Path) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut cur = canonical(top)?;
+        loop {
+            if out.contains(&cur) {
+                return Err(Error::corrupt(&cur, "backing chain loops"));
+            }
+            if out.len() > self.store.max_chain_depth {
+                return Err(Error::corrupt(
+                    top,
+                    "backing chain is deeper than max_chain_depth",
+                ));
+            }
+            out.push(cur.clone());
+            let next = match self.backing.get(&cur) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = strict_backing_of(&cur)?;
+                    self.backing.insert(cur.clone(), b.clone());
+                    b
+                }
+            };
+            match next {
+                None => return Ok(out),
+                Some(n) => {
+                    if !n.starts_with(&self.root) {
+                        return Err(Error::corrupt(
+                            &cur,
+                            format!("backing file {} is outside the store", n.display()),
+                        ));
+                    }
+                    cur = n;
+                }
+            }
+        }
+    }
+}
+
+/// The canonical backing file of `file` (None for a standalone image or a raw file).
+fn strict_backing_of(file: &Path) -> Result<Option<PathBuf>> {
+    let img = crate::image::Image::open(file, false)?;
+    match img.backing_file() {
+        None => Ok(None),
+        Some(name) => {
+            let p = crate::image::resolve_backing(file, name);
+            Ok(Some(canonical(&p)?))
+        }
+    }
 }
 
 /// The canonical paths of every file in the chain whose top is `top`.
