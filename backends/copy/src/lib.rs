@@ -41,7 +41,7 @@ use boxlite_api::{
     DiskSource, Error, Factory, FlatDisk, PluginConfig, Registration, Release, Result, Roots,
     SnapshotBackend, StorageContext, Usage,
 };
-use boxlite_backend_qcow2::image::{Chain, OpenOptions};
+use boxlite_backend_qcow2::image::Image;
 
 use files::{
     allocated_bytes, create_dir_durable, sparse_copy, sparse_copy_unshared, sync_dir, write_staged,
@@ -349,12 +349,13 @@ impl<M: CopyMethod> Ops<M> {
         let result = (|| {
             let set = DiskSet::try_from_fn(|role| {
                 let from = source_path(staged, role);
-                // Re-validate: a standalone qcow2 file that opens cleanly.
-                let chain = Chain::open(from, &OpenOptions::new())?;
-                if chain.layers().len() != 1 {
+                // Re-validate: a qcow2 file that opens cleanly and has no backing file (its
+                // header is checked without following any backing name).
+                let img = Image::open(from, false)?;
+                if img.backing_file().is_some() {
                     return Err(Error::corrupt(from, "adopted disks must be standalone"));
                 }
-                drop(chain);
+                drop(img);
                 let to = dir.join(role.file_name());
                 fs::rename(from, &to).map_err(|e| Error::io(&to, e))?;
                 moved.push((to.clone(), from.to_path_buf()));

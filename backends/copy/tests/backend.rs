@@ -166,6 +166,35 @@ async fn failed_copy_leaves_nothing_behind() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
+    // Adopting a staged disk that has a backing file is refused; the staged files stay.
+    let staged = ctx.staging.join("adopt");
+    fs::create_dir_all(&staged).unwrap();
+    let overlay = staged.join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&src.container)
+        .arg(&overlay));
+    let flat_rootfs = staged.join("guest-rootfs.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&flat_rootfs)
+        .arg("1M"));
+    let err = b
+        .adopt_disks(
+            &ctx,
+            &BoxId::generate(),
+            &DiskSource {
+                guest_rootfs: flat_rootfs.clone(),
+                container: overlay.clone(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(
+        flat_rootfs.exists() && overlay.exists(),
+        "staged files are moved back"
+    );
     // No partial file, no new directory with files.
     assert_eq!(files_under(&ctx.store), before);
     let partials: Vec<_> = walk(&ctx.store)
