@@ -359,15 +359,19 @@ impl Image {
         let cs = self.cluster_size();
         let mut pos = 0usize;
         let mut cbuf: Vec<u8> = Vec::new();
+        let mut carried: Option<ClusterState> = None;
         // Runs are coalesced: contiguous host data, zeros, unallocated.
         while pos < buf.len() {
             let off = offset + pos as u64;
             let in_cl = off % cs;
             let n = ((cs - in_cl) as usize).min(buf.len() - pos);
-            let st = self.cluster_state(off)?;
+            let st = match carried.take() {
+                Some(st) => st,
+                None => self.cluster_state(off)?,
+            };
             // Extend the run while the next clusters continue it.
             let mut run = n;
-            loop {
+            while !matches!(st, ClusterState::Compressed { .. }) {
                 if pos + run >= buf.len() {
                     break;
                 }
@@ -382,6 +386,7 @@ impl Image {
                     _ => false,
                 };
                 if !cont {
+                    carried = Some(nst);
                     break;
                 }
                 run += (cs as usize).min(buf.len() - pos - run);
