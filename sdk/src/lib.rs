@@ -19,6 +19,7 @@ extern crate boxlite_catalog_redb;
 extern crate boxlite_catalog_sqlite;
 
 pub mod config;
+mod doctor;
 pub mod home;
 mod litebox;
 mod runtime;
@@ -29,5 +30,6 @@ pub use boxlite_api as api;
 /// tests that read or write guest data the way a VMM does.
 pub use boxlite_backend_qcow2::image as qcow2;
 pub use config::{Config, ConfigSources};
+pub use doctor::{DoctorReport, Problem, ProblemKind};
 pub use litebox::{LiteBox, SnapshotHandle};
 pub use runtime::{BoxOptions, BoxliteRuntime, RecoveryReport};

@@ -563,7 +563,7 @@ impl Inner {
     }
 
     /// Roll back the journal entries of dead processes, then collect garbage.
-    async fn recover(&self) -> Result<RecoveryReport> {
+    pub(crate) async fn recover(&self) -> Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
         for entry in self.catalog.list_journal().await? {
             if self.home.process_alive(entry.owner_pid, entry.started_at) {

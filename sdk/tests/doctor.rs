@@ -1,0 +1,162 @@
+//! `doctor` on real homes: clean, stray files, a missing layer, a dead process's operation.
+
+mod common;
+
+use boxlite::api::registry;
+use boxlite::api::{BoxStatus, CatalogOp, JournalEntry, SnapshotOptions};
+use boxlite::ProblemKind;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_home_then_stray_file_then_missing_layer() {
+    if !have_qemu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let rt = open_runtime(&home).await;
+    let b = rt.create(make_images(tmp.path()), "d").await.unwrap();
+    b.snapshot()
+        .create("v1", &SnapshotOptions::default())
+        .await
+        .unwrap();
+    let r = rt.doctor(false).await.unwrap();
+    assert!(r.is_consistent() && r.problems.is_empty(), "{r:?}");
+    assert_eq!(r.roots_checked, 2);
+    assert!(r.files_checked >= 4, "{r:?}");
+
+    // A stray file in the store and a staging leftover: reported, then deleted by --fix.
+    let stray = home.join("storage/qcow2/layers/stray.qcow2");
+    std::fs::copy(&b.info().await.unwrap().disks.container, &stray).unwrap();
+    std::fs::create_dir(home.join("staging/import-left")).unwrap();
+    let r = rt.doctor(false).await.unwrap();
+    assert!(!r.is_consistent());
+    let kinds: Vec<_> = r.problems.iter().map(|p| p.kind).collect();
+    assert!(kinds.contains(&ProblemKind::Unreferenced), "{kinds:?}");
+    assert!(kinds.contains(&ProblemKind::StagingLeftover), "{kinds:?}");
+    assert!(stray.exists(), "doctor without --fix changes nothing");
+    let r = rt.doctor(true).await.unwrap();
+    assert!(r.is_consistent(), "{r:?}");
+    assert!(!stray.exists());
+    assert!(rt.doctor(false).await.unwrap().problems.is_empty());
+
+    // A missing layer breaks the snapshot's and the box's chains: reported, never "fixed" by
+    // deleting what looks unreferenced.
+    let layer = b.snapshot().disks("v1").await.unwrap().container;
+    std::fs::remove_file(&layer).unwrap();
+    let before: Vec<_> = std::fs::read_dir(home.join("storage/qcow2/layers"))
+        .unwrap()
+        .collect();
+    let r = rt.doctor(true).await.unwrap();
+    assert!(!r.is_consistent());
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::BrokenChain && p.detail.contains("v1")),
+        "{r:?}"
+    );
+    let after: Vec<_> = std::fs::read_dir(home.join("storage/qcow2/layers"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "nothing deleted while a chain is broken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operation_of_a_dead_process_is_rolled_back() {
+    if !have_qemu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let rt = open_runtime(&home).await;
+    let b = rt.create(make_images(tmp.path()), "d").await.unwrap();
+    let id = b.id().clone();
+    // What a process killed mid-snapshot leaves: the box held, a journal entry, no commit.
+    let cat = registry::catalog("sqlite", &rt.config().plugin_config("sqlite")).unwrap();
+    cat.apply(vec![
+        CatalogOp::SetBoxStatus {
+            box_id: id.clone(),
+            expected: BoxStatus::Stopped,
+            new: BoxStatus::Snapshotting,
+        },
+        CatalogOp::InsertJournal(JournalEntry {
+            id: "01JDEADPROCESS0000000000000".into(),
+            operation: "snapshot_create".into(),
+            box_id: Some(id.clone()),
+            prior_status: Some(BoxStatus::Stopped),
+            owner_pid: 4_194_000,
+            started_at: chrono::Utc::now(),
+            staged: vec![],
+        }),
+    ])
+    .await
+    .unwrap();
+    assert!(matches!(
+        b.snapshot().create("v1", &SnapshotOptions::default()).await,
+        Err(boxlite::api::Error::Busy { .. })
+    ));
+    let r = rt.doctor(false).await.unwrap();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::StaleJournal),
+        "{r:?}"
+    );
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::StuckStatus),
+        "{r:?}"
+    );
+    let r = rt.doctor(true).await.unwrap();
+    assert!(r.is_consistent(), "{r:?}");
+    assert_eq!(b.info().await.unwrap().status, BoxStatus::Stopped);
+    b.snapshot()
+        .create("v1", &SnapshotOptions::default())
+        .await
+        .unwrap();
+
+    // The same state found at open is repaired by recovery.
+    cat.apply(vec![
+        CatalogOp::SetBoxStatus {
+            box_id: id.clone(),
+            expected: BoxStatus::Stopped,
+            new: BoxStatus::Restoring,
+        },
+        CatalogOp::InsertJournal(JournalEntry {
+            id: "01JDEADPROCESS0000000000001".into(),
+            operation: "snapshot_restore".into(),
+            box_id: Some(id.clone()),
+            prior_status: Some(BoxStatus::Stopped),
+            owner_pid: 4_194_001,
+            started_at: chrono::Utc::now(),
+            staged: vec![],
+        }),
+    ])
+    .await
+    .unwrap();
+    drop((b, rt, cat));
+    let rt = open_runtime(&home).await;
+    assert_eq!(
+        rt.recovery_report().rolled_back.len(),
+        1,
+        "{:?}",
+        rt.recovery_report()
+    );
+    assert_eq!(
+        rt.get("d")
+            .await
+            .unwrap()
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .status,
+        BoxStatus::Stopped
+    );
+    assert!(rt.doctor(false).await.unwrap().problems.is_empty());
+}
