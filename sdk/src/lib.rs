@@ -20,6 +20,7 @@ extern crate boxlite_catalog_sqlite;
 
 pub mod config;
 mod doctor;
+pub mod demo;
 pub mod home;
 mod litebox;
 mod runtime;

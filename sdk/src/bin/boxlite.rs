@@ -128,6 +128,12 @@ enum Command {
     Plugins,
     /// Show the resolved configuration (home, config file, selected plugins).
     Config,
+    /// Walk all eight operations on real ext4 images in a temporary home, verifying each.
+    Demo {
+        /// Keep the temporary directory (home, images, archive) and print its path.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +295,7 @@ async fn run(cli: &Cli) -> CliResult {
     match &cli.command {
         Command::Plugins => plugins(cli),
         Command::Config => show_config(cli),
+        Command::Demo { keep } => demo(*keep).await,
         Command::Archive(ArchiveCmd::Inspect { archive }) => archive_inspect(cli, archive),
         Command::Create {
             name,
@@ -598,6 +605,18 @@ fn archive_inspect(cli: &Cli, archive: &Path) -> CliResult {
         println!("verified: checksums, sizes and qcow2 headers are valid");
     }
     Ok(())
+}
+
+async fn demo(keep: bool) -> CliResult {
+    let report = boxlite::demo::run(&boxlite::demo::DemoOptions { keep }).await;
+    print!("{}", report.table());
+    if let Some(dir) = &report.kept {
+        println!("kept: {}", dir.display());
+    }
+    match report.failure() {
+        Some(step) => Err(format!("demo step '{}' failed: {}", step.name, step.result).into()),
+        None => Ok(()),
+    }
 }
 
 fn plugins(cli: &Cli) -> CliResult {
