@@ -89,7 +89,7 @@ fn mutated_images_never_panic() {
         // Mostly mutate the metadata-heavy start of the file.
         let flips = 1 + next() % 8;
         for _ in 0..flips {
-            let region = if next() % 4 == 0 {
+            let region = if next().is_multiple_of(4) {
                 b.len()
             } else {
                 b.len().min(2048)
@@ -101,7 +101,7 @@ fn mutated_images_never_panic() {
                 _ => next() as u8,
             };
         }
-        if next() % 8 == 0 {
+        if next().is_multiple_of(8) {
             let n = (next() % b.len() as u64) as usize;
             b.truncate(n);
         }

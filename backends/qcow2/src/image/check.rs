@@ -120,7 +120,7 @@ impl Walker<'_> {
             ));
             return Ok(());
         }
-        if l1_off % self.cs != 0 {
+        if !l1_off.is_multiple_of(self.cs) {
             self.corrupt(format!("{what}: L1 table offset {l1_off:#x} unaligned"));
             return Ok(());
         }
@@ -133,7 +133,7 @@ impl Walker<'_> {
             if l2_off == 0 {
                 continue;
             }
-            if l2_off % self.cs != 0 {
+            if !l2_off.is_multiple_of(self.cs) {
                 self.corrupt(format!("{what} L1[{i}]: L2 offset {l2_off:#x} unaligned"));
                 continue;
             }
@@ -235,7 +235,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         if b == 0 {
             continue;
         }
-        if b % cs != 0 {
+        if !b.is_multiple_of(cs) {
             w.corrupt(format!(
                 "refcount table entry {i}: block offset {b:#x} unaligned"
             ));
@@ -257,7 +257,7 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     let mut stored = vec![0u64; nclusters as usize];
     for (ti, e) in rt.iter().enumerate() {
         let b = e & REFT_OFFSET_MASK;
-        if b == 0 || b % cs != 0 {
+        if b == 0 || !b.is_multiple_of(cs) {
             continue;
         }
         let blk = w.read(b, cs)?;
@@ -294,11 +294,11 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     }
 
     // Copied flags of the active tables (bit 63 <=> refcount == 1).
-    if h.l1_size > 0 && h.l1_table_offset % cs == 0 {
+    if h.l1_size > 0 && h.l1_table_offset.is_multiple_of(cs) {
         let l1 = decode_table(&w.read(h.l1_table_offset, u64::from(h.l1_size) * 8)?);
         for (i, e) in l1.iter().enumerate() {
             let l2_off = e & L1E_OFFSET_MASK;
-            if l2_off == 0 || l2_off % cs != 0 || l2_off / cs >= nclusters {
+            if l2_off == 0 || !l2_off.is_multiple_of(cs) || l2_off / cs >= nclusters {
                 continue;
             }
             let rc = stored[(l2_off / cs) as usize];

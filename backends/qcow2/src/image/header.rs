@@ -226,7 +226,7 @@ impl Header {
             h.autoclear_features = be64(prefix, 88);
             h.refcount_order = be32(prefix, 96);
             h.header_length = be32(prefix, 100);
-            if h.header_length < V3_MIN_HEADER_LEN || h.header_length % 8 != 0 {
+            if h.header_length < V3_MIN_HEADER_LEN || !h.header_length.is_multiple_of(8) {
                 return Err(ImageError::BadHeader {
                     path: path.to_path_buf(),
                     reason: format!(
@@ -367,7 +367,7 @@ pub fn encode_extensions(exts: &[HeaderExtension], out: &mut Vec<u8>) {
         out.extend_from_slice(&e.kind.to_be_bytes());
         out.extend_from_slice(&(e.data.len() as u32).to_be_bytes());
         out.extend_from_slice(&e.data);
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
     }

@@ -238,7 +238,7 @@ impl Image {
     /// Validate an L2 table offset taken from the L1 table.
     pub(crate) fn check_l2_offset(&self, l2_off: u64) -> Result<()> {
         let cs = self.cluster_size();
-        if l2_off % cs != 0 {
+        if !l2_off.is_multiple_of(cs) {
             return Err(corrupt(
                 &self.path,
                 format!("L2 table offset {l2_off:#x} is not cluster aligned"),
@@ -371,10 +371,7 @@ impl Image {
             };
             // Extend the run while the next clusters continue it.
             let mut run = n;
-            while !matches!(st, ClusterState::Compressed { .. }) {
-                if pos + run >= buf.len() {
-                    break;
-                }
+            while !matches!(st, ClusterState::Compressed { .. }) && pos + run < buf.len() {
                 let next_off = offset + (pos + run) as u64;
                 let nst = self.cluster_state(next_off)?;
                 let cont = match (st, nst) {

@@ -12,6 +12,8 @@
 //! `docs/interop/qcow2.rst`); each item cites the part it implements.
 //! See `docs/qcow2.md` for what is supported and refused.
 
+#![warn(missing_docs)]
+
 mod chain;
 mod check;
 mod compress;

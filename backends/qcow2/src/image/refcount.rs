@@ -140,7 +140,7 @@ impl Refcounts {
         }
         let off = self.table[ti as usize] & REFT_OFFSET_MASK;
         let cs = self.cs();
-        if off % cs != 0 {
+        if !off.is_multiple_of(cs) {
             return Err(corrupt(
                 &self.path,
                 format!("refcount block offset {off:#x} is not cluster aligned"),

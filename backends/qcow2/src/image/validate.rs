@@ -139,7 +139,7 @@ fn check_table(
             "declared size {bytes} bytes exceeds the limit of {max_bytes} bytes"
         )));
     }
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(bad(format!(
             "offset {offset:#x} is not aligned to the cluster size {cluster_size}"
         )));
