@@ -155,3 +155,44 @@ fn stream_raw_parent() {
     assert_qemu_check(&top);
     assert_same_raw(&before, &raw_of(&top, "a"));
 }
+
+#[test]
+fn stream_zero_parent_into_v2_child() {
+    if !qemu_available("stream_zero_parent_into_v2_child") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let gp = d.path().join("gp.qcow2");
+    create(&gp, "4M", &[]);
+    qemu_io(&gp, &[w(0x77, 0, 4 * MIB)]);
+    // Parent: zero clusters over the grandparent's data, and smaller than
+    // the child (past its end the child reads zeros, not the grandparent).
+    let parent = d.path().join("parent.qcow2");
+    create_overlay_qemu(&parent, "gp.qcow2", "qcow2", Some("3M"));
+    qemu_io(&parent, &["write -q -z 1M 1M".into(), w(0x12, 100, 100)]);
+    let child = d.path().join("child.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "-b",
+            "parent.qcow2",
+            "-F",
+            "qcow2",
+            p(&child),
+            "4M",
+        ],
+    );
+    qemu_io(&child, &[w(0x34, 1536 * 1024, 4096)]);
+    let before = raw_of(&child, "b");
+    stream(&child, &OpenOptions::default()).unwrap();
+    let info = run("qemu-img", &["info", p(&child)]);
+    assert!(info.contains("backing file: gp.qcow2"), "{info}");
+    assert_qemu_check(&child);
+    assert_same_raw(&before, &raw_of(&child, "a"));
+}

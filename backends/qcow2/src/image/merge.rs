@@ -53,6 +53,20 @@ fn copy_range(chain: &mut Chain, from: usize, off: u64, len: u64, buf: &mut [u8]
     Ok(())
 }
 
+/// Write zeros over a range with explicit zero data, so they are stored even
+/// where the current backing chain already reads zeros (it is about to be
+/// replaced). v3 images get zero clusters for whole clusters; v2 images get
+/// zero-filled data clusters.
+fn write_zero_range(chain: &mut Chain, off: u64, len: u64, zeros: &[u8]) -> Result<()> {
+    let mut pos = 0u64;
+    while pos < len {
+        let n = (zeros.len() as u64).min(len - pos);
+        chain.write_at(&zeros[..n as usize], off + pos)?;
+        pos += n;
+    }
+    Ok(())
+}
+
 /// Local map of layer `idx` of `chain` (raw layers are data within their
 /// length and unallocated beyond).
 fn local_map(chain: &Chain, idx: usize, off: u64, len: u64) -> Result<Vec<(u64, u64, LocalKind)>> {
@@ -100,6 +114,7 @@ pub fn stream(child: &Path, opts: &OpenOptions) -> Result<()> {
     }
     let v = chain.virtual_size();
     let mut buf = vec![0u8; COPY_CHUNK as usize];
+    let zeros = vec![0u8; COPY_CHUNK as usize];
     let mut woff = 0u64;
     while woff < v {
         let wlen = MAP_WINDOW.min(v - woff);
@@ -114,7 +129,7 @@ pub fn stream(child: &Path, opts: &OpenOptions) -> Result<()> {
                     LocalKind::Zero => {
                         for e in chain.map_from(2, po, pl)? {
                             if matches!(e.kind, ExtentKind::Data(_)) {
-                                chain.write_zeroes(e.offset, e.length)?;
+                                write_zero_range(&mut chain, e.offset, e.length, &zeros)?;
                             }
                         }
                     }
