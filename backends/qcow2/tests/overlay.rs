@@ -325,3 +325,27 @@ fn flatten_to_file_is_standalone() {
         "{r:?}"
     );
 }
+
+/// A crash before `flush` (simulated by forgetting the chain, so no
+/// metadata is written) leaves a consistent image with the old content.
+#[test]
+fn crash_before_flush_keeps_old_content() {
+    if !qemu_available("crash_before_flush_keeps_old_content") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.qcow2");
+    create(&base, "4M", &[]);
+    qemu_io(&base, &[w(0x50, 0, 4 * MIB)]);
+    let top = d.path().join("top.qcow2");
+    create_overlay(&top, Some(("base.qcow2", BackingFormat::Qcow2)), 4 * MIB).unwrap();
+    let before = d.path().join("before.raw");
+    to_raw(&top, &before);
+    let mut c = Chain::open(&top, &OpenOptions::new().writable(true)).unwrap();
+    c.write_at(&vec![0x51; 300_000], 12_345).unwrap();
+    c.write_zeroes(MIB, MIB).unwrap();
+    std::mem::forget(c);
+    assert_qemu_check(&top);
+    let c = Chain::open(&top, &OpenOptions::default()).unwrap();
+    assert_chain_equals_file(&c, &before);
+}
