@@ -128,6 +128,25 @@ enum Command {
     Plugins,
     /// Show the resolved configuration (home, config file, selected plugins).
     Config,
+    /// Check the home's catalog against its files (stale operations, stuck statuses, broken
+    /// chains, damaged images, unreferenced files); exit 1 while problems remain.
+    Doctor {
+        /// Repair what is safe to repair (roll back dead operations, reset stuck statuses,
+        /// delete unreferenced files). Damaged images are only reported.
+        #[arg(long)]
+        fix: bool,
+    },
+    /// Run the conformance suite against a storage/catalog/codec combination (runs the
+    /// `boxlite-conformance` program installed next to `boxlite`; see its --help).
+    Conformance {
+        /// Arguments for boxlite-conformance, e.g. --storage copy --catalog redb --codec lz4.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
     /// Walk all eight operations on real ext4 images in a temporary home, verifying each.
     Demo {
         /// Keep the temporary directory (home, images, archive) and print its path.
@@ -296,6 +315,8 @@ async fn run(cli: &Cli) -> CliResult {
         Command::Plugins => plugins(cli),
         Command::Config => show_config(cli),
         Command::Demo { keep } => demo(*keep).await,
+        Command::Doctor { fix } => doctor(cli, *fix).await,
+        Command::Conformance { args } => conformance(cli, args),
         Command::Archive(ArchiveCmd::Inspect { archive }) => archive_inspect(cli, archive),
         Command::Create {
             name,
@@ -741,6 +762,62 @@ fn done(cli: &Cli, v: Value, text: String) -> CliResult {
         println!("{text}");
     }
     Ok(())
+}
+
+async fn doctor(cli: &Cli, fix: bool) -> CliResult {
+    let rt = open(cli).await?;
+    let report = rt.doctor(fix).await?;
+    let remaining = report.problems.iter().filter(|p| !p.repaired).count();
+    if cli.json {
+        print_json(&serde_json::to_value(&report)?);
+    } else {
+        println!(
+            "checked {} root(s) and {} file(s)",
+            report.roots_checked, report.files_checked
+        );
+        for p in &report.problems {
+            let state = if p.repaired { "repaired" } else { "PROBLEM" };
+            println!("{state:<9} {:<17} {}", format!("{:?}", p.kind), p.detail);
+        }
+        if report.problems.is_empty() {
+            println!("the home is consistent");
+        }
+    }
+    if remaining > 0 {
+        let hint = if fix {
+            "damaged images need a good copy (restore from a snapshot or re-import)"
+        } else {
+            "run `boxlite doctor --fix` to repair what is safe to repair"
+        };
+        return Err(format!("{remaining} problem(s) remain; {hint}").into());
+    }
+    Ok(())
+}
+
+/// `boxlite conformance ARGS...` runs `boxlite-conformance ARGS...` (next to this executable,
+/// else on PATH) and exits with its status, like git's external subcommands.
+fn conformance(cli: &Cli, args: &[String]) -> CliResult {
+    let name = "boxlite-conformance";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from(name));
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(args);
+    if cli.json {
+        cmd.arg("--json");
+    }
+    if let Some(home) = &cli.home {
+        cmd.arg("--home").arg(home);
+    }
+    let status = cmd.status().map_err(|e| {
+        format!(
+            "cannot run {}: {e}; build it with `cargo build --release -p boxlite-conformance`",
+            program.display()
+        )
+    })?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 fn print_json(v: &Value) {
