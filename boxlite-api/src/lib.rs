@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod codec;
 pub mod error;
+pub mod failpoint;
 pub mod name;
 pub mod options;
 pub mod registry;

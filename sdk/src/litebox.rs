@@ -154,6 +154,7 @@ impl LiteBox {
         };
         let dest = crate::runtime::absolute(dest)?;
         let op = inner.begin_op("export", &rec, Operation::Export).await?;
+        let mut written = None;
         let work = async {
             let mut flats = Vec::new();
             for (role, path) in rec.disks.iter() {
@@ -169,10 +170,17 @@ impl LiteBox {
                 file_stem: self.name.clone(),
             };
             let path = crate::transfer::export_blocking(dest, codec, level, meta, flats).await?;
+            written = Some(path.clone());
+            boxlite_api::failpoint!("export.after_write");
             Ok((Vec::new(), path))
         }
         .await;
-        inner.finish(op, work).await
+        let result = inner.finish(op, work).await;
+        if let (Err(_), Some(path)) = (&result, &written) {
+            // An export that reports failure leaves no archive behind.
+            let _ = std::fs::remove_file(path);
+        }
+        result
     }
 
     /// Clone the box into a new stopped box `name` (see [`LiteBox::clone_many`]).
@@ -256,6 +264,7 @@ impl LiteBox {
                 .storage
                 .clone_disks(&inner.ctx, &source, &ids, opts.cow)
                 .await?;
+            boxlite_api::failpoint!("clone.after_storage");
             if outcome.clones.len() != ids.len() {
                 return Err(Error::config(format!(
                     "storage backend '{}' returned {} clones for {} requested",
@@ -324,6 +333,7 @@ impl SnapshotHandle<'_> {
                 .storage
                 .snapshot(&inner.ctx, &rec.id, &rec.disks)
                 .await?;
+            boxlite_api::failpoint!("snapshot_create.after_storage");
             let snap = SnapshotRecord {
                 box_id: rec.id.clone(),
                 name: name.to_owned(),
@@ -405,6 +415,7 @@ impl SnapshotHandle<'_> {
                 .storage
                 .restore(&inner.ctx, &rec.id, &snap.disks)
                 .await?;
+            boxlite_api::failpoint!("snapshot_restore.after_storage");
             Ok((
                 vec![CatalogOp::SetBoxDisks {
                     box_id: rec.id.clone(),
@@ -444,6 +455,7 @@ impl SnapshotHandle<'_> {
                 .storage
                 .remove_snapshot(&inner.ctx, &snap.disks, &remaining)
                 .await?;
+            boxlite_api::failpoint!("snapshot_remove.after_storage");
             Ok((
                 vec![CatalogOp::RemoveSnapshot {
                     box_id: rec.id.clone(),

@@ -190,6 +190,7 @@ impl BoxliteRuntime {
         let op = inner.begin("box_create", None, Vec::new()).await?;
         let work = async {
             let disks = inner.storage.create_disks(&inner.ctx, &id, &source).await?;
+            boxlite_api::failpoint!("box_create.after_storage");
             let rec = BoxRecord {
                 id: id.clone(),
                 name: Some(name.to_owned()),
@@ -266,6 +267,7 @@ impl BoxliteRuntime {
                 .storage
                 .remove_disks(&inner.ctx, &rec.disks, &remaining)
                 .await?;
+            boxlite_api::failpoint!("box_remove.after_storage");
             Ok((
                 vec![CatalogOp::RemoveBox {
                     box_id: rec.id.clone(),
@@ -295,10 +297,12 @@ impl BoxliteRuntime {
             let imported =
                 crate::transfer::import_blocking(archive.clone(), codecs, staging).await?;
             let result = async {
+                boxlite_api::failpoint!("import.after_extract");
                 let disks = inner
                     .storage
                     .adopt_disks(&inner.ctx, &id, &imported.disks)
                     .await?;
+                boxlite_api::failpoint!("import.after_adopt");
                 let rec = BoxRecord {
                     id: id.clone(),
                     name: Some(name.to_owned()),
@@ -331,6 +335,8 @@ impl BoxliteRuntime {
 /// GC lock that keeps its new files from being collected before it commits.
 pub(crate) struct Op {
     journal_id: String,
+    /// The journal operation name, the prefix of this operation's failpoints.
+    operation: String,
     held: Option<(BoxId, BoxStatus, BoxStatus)>,
     _gc: GcGuard,
 }
@@ -349,11 +355,13 @@ impl Inner {
         self.catalog
             .apply(vec![CatalogOp::InsertJournal(entry)])
             .await?;
-        Ok(Op {
+        let op = Op {
             journal_id,
+            operation: operation.to_owned(),
             held: None,
             _gc: gc,
-        })
+        };
+        self.after_begin(op).await
     }
 
     /// Begin an exclusive operation governed by the status table: check `operation` against
@@ -396,11 +404,22 @@ impl Inner {
                 CatalogOp::InsertJournal(entry),
             ])
             .await?;
-        Ok(Op {
+        let op = Op {
             journal_id,
+            operation: operation.to_owned(),
             held: Some((rec.id.clone(), hold, rec.status)),
             _gc: gc,
-        })
+        };
+        self.after_begin(op).await
+    }
+
+    /// Failpoint `<op>.after_begin`: the journal entry and the held status are committed.
+    async fn after_begin(&self, op: Op) -> Result<Op> {
+        if let Err(e) = boxlite_api::failpoint::hit_at(&op.operation, "after_begin") {
+            self.rollback(&op).await;
+            return Err(e);
+        }
+        Ok(op)
     }
 
     /// Take the shared GC lock on a blocking thread (flock may wait for a running GC, and
@@ -434,6 +453,10 @@ impl Inner {
     /// the journal removal in one transaction, or roll back if `work` (or the commit) failed.
     /// Runs garbage collection afterwards either way.
     pub(crate) async fn finish<T>(&self, op: Op, work: Result<(Vec<CatalogOp>, T)>) -> Result<T> {
+        let work = work.and_then(|w| {
+            boxlite_api::failpoint::hit_at(&op.operation, "before_commit")?;
+            Ok(w)
+        });
         let result = match work {
             Ok((mut ops, value)) => {
                 if let Some((box_id, hold, prior)) = &op.held {
@@ -464,7 +487,14 @@ impl Inner {
                 Err(e)
             }
         };
+        // `<op>.after_commit` (between the commit and the collection): `=error` skips the
+        // collection, which the next operation or open then does.
+        let skip_gc = result.is_ok()
+            && boxlite_api::failpoint::hit_at(&op.operation, "after_commit").is_err();
         drop(op);
+        if skip_gc {
+            return result;
+        }
         if let Err(e) = self.gc().await {
             tracing::warn!(error = %e, "garbage collection after the operation failed; it will be retried");
         }
@@ -533,7 +563,10 @@ impl Inner {
                 continue;
             }
             match std::fs::remove_file(&file) {
-                Ok(()) => deleted.push(file),
+                Ok(()) => {
+                    deleted.push(file);
+                    boxlite_api::failpoint!("gc.mid_delete");
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io(&file, e)),
             }

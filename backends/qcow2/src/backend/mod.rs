@@ -134,6 +134,9 @@ impl SnapshotBackend for Qcow2Backend {
                     DiskRole::GuestRootfs => &source.guest_rootfs,
                     DiskRole::Container => &source.container,
                 };
+                if !made.is_empty() {
+                    boxlite_api::failpoint!("qcow2.between_roles");
+                }
                 let base = import_base(&store, input)?;
                 let overlay = store.overlay_on(&base)?;
                 made.push(overlay.clone());
@@ -162,6 +165,9 @@ impl SnapshotBackend for Qcow2Backend {
             let mut made = Vec::new();
             let result = (|| {
                 let new_live = for_roles(|role| {
+                    if !made.is_empty() {
+                        boxlite_api::failpoint!("qcow2.between_roles");
+                    }
                     let sealed = ctx.resolve(live.get(role));
                     let overlay = store.overlay_on(&sealed)?;
                     made.push(overlay.clone());
@@ -427,6 +433,9 @@ impl Qcow2Backend {
 fn overlays_on(store: &Store, ctx: &StorageContext, base: &DiskSet) -> Result<DiskSet> {
     let mut made = Vec::new();
     let result = for_roles(|role| {
+        if !made.is_empty() {
+            boxlite_api::failpoint!("qcow2.between_roles");
+        }
         let overlay = store.overlay_on(&ctx.resolve(base.get(role)))?;
         made.push(overlay.clone());
         rel(ctx, &overlay)
