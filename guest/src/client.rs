@@ -38,7 +38,10 @@ impl AgentClient {
     }
 
     /// Connect with a per-request I/O time limit (clamped to at least 1 ms).
-    pub fn connect_with_timeout(path: impl AsRef<Path>, io_timeout: Duration) -> Result<AgentClient> {
+    pub fn connect_with_timeout(
+        path: impl AsRef<Path>,
+        io_timeout: Duration,
+    ) -> Result<AgentClient> {
         let path = path.as_ref().to_path_buf();
         let stream = UnixStream::connect(&path).map_err(|e| Error::io(&path, e))?;
         let reader = stream
@@ -82,8 +85,8 @@ impl AgentClient {
             timeout_secs: Some(timeout_secs),
             mounts: (!mounts.is_empty()).then(|| mounts.to_vec()),
         };
-        let limit = Duration::from_secs(timeout_secs.min(crate::protocol::MAX_TIMEOUT_SECS))
-            + FREEZE_GRACE;
+        let limit =
+            Duration::from_secs(timeout_secs.min(crate::protocol::MAX_TIMEOUT_SECS)) + FREEZE_GRACE;
         self.call(&req, limit.max(self.io_timeout))
     }
 
@@ -179,7 +182,10 @@ fn op_name(req: &Request) -> &'static str {
 }
 
 fn timeout_msg(e: io::Error, req: &Request, limit: Duration) -> io::Error {
-    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!(

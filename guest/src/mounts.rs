@@ -178,7 +178,10 @@ pub fn thaw_path(path: &Path) -> io::Result<bool> {
 /// Short errno name plus the OS message, e.g. `EBUSY (Device or resource busy)`.
 pub fn describe_errno(e: &io::Error) -> String {
     match e.raw_os_error() {
-        Some(code) => format!("{} ({e})", nix::errno::Errno::from_raw(code)),
+        Some(code) => {
+            let errno = nix::errno::Errno::from_raw(code);
+            format!("{errno:?} ({})", errno.desc())
+        }
         None => e.to_string(),
     }
 }

@@ -330,9 +330,15 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', 100));
         input.extend_from_slice(b"\nafter\nlast");
         let mut r = io::BufReader::with_capacity(7, &input[..]);
-        assert_eq!(read_line(&mut r, 10).unwrap(), Line::Line(b"short".to_vec()));
+        assert_eq!(
+            read_line(&mut r, 10).unwrap(),
+            Line::Line(b"short".to_vec())
+        );
         assert_eq!(read_line(&mut r, 10).unwrap(), Line::TooLong);
-        assert_eq!(read_line(&mut r, 10).unwrap(), Line::Line(b"after".to_vec()));
+        assert_eq!(
+            read_line(&mut r, 10).unwrap(),
+            Line::Line(b"after".to_vec())
+        );
         assert_eq!(read_line(&mut r, 10).unwrap(), Line::Line(b"last".to_vec()));
         assert_eq!(read_line(&mut r, 10).unwrap(), Line::Eof);
         let exact = b"0123456789\n";

@@ -73,7 +73,9 @@ impl FromStr for ListenAddr {
                 .map(ListenAddr::Vsock)
                 .map_err(|_| format!("vsock port {port:?} is not a number in 0..=4294967295"))
         } else {
-            Err(format!("listen address {s:?} must be unix:PATH or vsock:PORT"))
+            Err(format!(
+                "listen address {s:?} must be unix:PATH or vsock:PORT"
+            ))
         }
     }
 }
@@ -517,8 +519,10 @@ impl Agent {
             if st.shutdown {
                 Err("the agent is shutting down")
             } else if st.client.is_some() {
-                Err("another client is connected (the agent serves one client at a time): \
-                     retry after it disconnects")
+                Err(
+                    "another client is connected (the agent serves one client at a time): \
+                     retry after it disconnects",
+                )
             } else {
                 st.next_conn += 1;
                 st.client = Some(st.next_conn);
@@ -769,7 +773,10 @@ impl Agent {
         let socket_dev = self.lock().socket_dev;
         let why_not = |m: &MountEntry| -> Option<String> {
             if mounts::is_pseudo(&m.fstype) {
-                Some(format!("is a {} filesystem, which is never frozen", m.fstype))
+                Some(format!(
+                    "is a {} filesystem, which is never frozen",
+                    m.fstype
+                ))
             } else if m.read_only {
                 Some("is mounted read-only".into())
             } else if Some((m.major, m.minor)) == socket_dev {
@@ -876,7 +883,10 @@ mod tests {
             "unix:/run/a.sock".parse::<ListenAddr>(),
             Ok(ListenAddr::Unix("/run/a.sock".into()))
         );
-        assert_eq!("vsock:1024".parse::<ListenAddr>(), Ok(ListenAddr::Vsock(1024)));
+        assert_eq!(
+            "vsock:1024".parse::<ListenAddr>(),
+            Ok(ListenAddr::Vsock(1024))
+        );
         assert!("vsock:x".parse::<ListenAddr>().is_err());
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("tcp:1".parse::<ListenAddr>().is_err());
