@@ -9,6 +9,8 @@
 //!
 //! The agent is Linux-only (FIFREEZE, AF_VSOCK); the protocol and the client build everywhere.
 
+#![warn(missing_docs)]
+
 pub mod client;
 #[cfg(target_os = "linux")]
 pub mod mounts;

@@ -122,8 +122,11 @@ pub fn read_mountinfo() -> io::Result<Vec<MountEntry>> {
     )?))
 }
 
-nix::ioctl_readwrite!(fifreeze_raw, b'X', 119, libc::c_int);
-nix::ioctl_readwrite!(fithaw_raw, b'X', 120, libc::c_int);
+mod raw {
+    // FIFREEZE = _IOWR('X', 119, int), FITHAW = _IOWR('X', 120, int) (linux/fs.h).
+    nix::ioctl_readwrite!(fifreeze, b'X', 119, libc::c_int);
+    nix::ioctl_readwrite!(fithaw, b'X', 120, libc::c_int);
+}
 
 /// Open a mount point for the freeze ioctls (read-only, close-on-exec, no atime change).
 pub fn open_mount(path: &Path) -> io::Result<File> {
@@ -151,7 +154,7 @@ pub fn open_mount(path: &Path) -> io::Result<File> {
 pub fn fifreeze(file: &File) -> io::Result<()> {
     let mut arg: libc::c_int = 0;
     // SAFETY: FIFREEZE takes an int argument the kernel ignores; `arg` lives for the call.
-    unsafe { fifreeze_raw(file.as_raw_fd(), &mut arg) }
+    unsafe { raw::fifreeze(file.as_raw_fd(), &mut arg) }
         .map(drop)
         .map_err(io::Error::from)
 }
@@ -160,7 +163,7 @@ pub fn fifreeze(file: &File) -> io::Result<()> {
 pub fn fithaw(file: &File) -> io::Result<()> {
     let mut arg: libc::c_int = 0;
     // SAFETY: FITHAW takes an int argument the kernel ignores; `arg` lives for the call.
-    unsafe { fithaw_raw(file.as_raw_fd(), &mut arg) }
+    unsafe { raw::fithaw(file.as_raw_fd(), &mut arg) }
         .map(drop)
         .map_err(io::Error::from)
 }
