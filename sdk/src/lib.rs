@@ -5,8 +5,8 @@
 //! box; [`SnapshotHandle`] creates, lists, gets, removes and restores its snapshots
 //! (DESIGN.md sections 4-9). The `boxlite` CLI (`src/bin/boxlite.rs`) is built on it.
 //!
-//! The plugins linked into this crate register themselves: storage `qcow2`, catalog
-//! `sqlite`, codecs `zstd`, `lz4` and `none`.
+//! The plugins linked into this crate register themselves: storage `qcow2`, `copy` and
+//! `reflink`; catalogs `sqlite` and `redb`; codecs `zstd`, `lz4` and `none`.
 
 #![warn(missing_docs)]
 
