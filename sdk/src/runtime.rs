@@ -116,7 +116,11 @@ impl BoxliteRuntime {
         home.ensure_dirs(&storage_name)?;
         let ctx = home.storage_context(&storage_name);
         let storage = registry::storage(&storage_name, &config.plugin_config(&storage_name))?;
+        // The probe writes a file into the store: hold the GC lock shared meanwhile, or
+        // another process's collector may delete it mid-probe (and fail this open).
+        let probe_gc = home.gc_shared()?;
         storage.probe(&ctx).await?;
+        drop(probe_gc);
         let catalog = registry::catalog(&config.catalog, &config.plugin_config(&config.catalog))?;
         if record.is_none() {
             home.write_record(&HomeRecord {

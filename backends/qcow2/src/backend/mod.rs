@@ -601,14 +601,20 @@ fn dependants_of(store: &Store, layer: &Path) -> Result<Vec<PathBuf>> {
     let mut memo: HashMap<PathBuf, Option<PathBuf>> = HashMap::new();
     let mut out = Vec::new();
     for file in store.files()? {
-        let file = canonical(&file)?;
         if file
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with('.'))
         {
-            continue; // a staging name of an operation in flight
+            continue; // a staging name of an operation in flight (maybe in another process)
         }
+        // Checked before canonicalizing: a staging file renamed away by another process's
+        // operation between the listing and here is no error (no collector runs meanwhile).
+        let file = match std::fs::canonicalize(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&file, e)),
+        };
         let backing = match memo.get(&file) {
             Some(b) => b.clone(),
             None => {
