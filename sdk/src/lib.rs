@@ -19,8 +19,8 @@ extern crate boxlite_catalog_redb;
 extern crate boxlite_catalog_sqlite;
 
 pub mod config;
-mod doctor;
 pub mod demo;
+mod doctor;
 pub mod home;
 mod litebox;
 mod runtime;
