@@ -375,5 +375,9 @@ async fn reopening_with_another_storage_is_refused() {
     let err = boxlite::BoxliteRuntime::open(boxlite::Config::load(&sources).unwrap())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("registered: sqlite"), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("unknown catalog 'no-such-catalog'") && msg.contains("sqlite"),
+        "{msg}"
+    );
 }
