@@ -76,7 +76,7 @@ fn ready(tool: &str) -> bool {
 }
 
 fn nix_is_root() -> bool {
-    sh(&mut Command::new("id").arg("-u"))
+    sh(Command::new("id").arg("-u"))
         .map(|u| u == "0")
         .unwrap_or(false)
 }
