@@ -27,6 +27,6 @@ pub use codec::{builtin_codecs, Lz4Codec, NoneCodec, ZstdCodec};
 pub use manifest::{MANIFEST_NAME, MAX_MANIFEST_BYTES};
 pub use read::{import_archive, inspect, ArchiveInfo, EntryInfo, ImportLimits, ImportedArchive};
 pub use write::{
-    export_to_path, resolve_export_path, write_archive, ExportDisks, ExportMeta, ExportedArchive,
-    ARCHIVE_EXTENSION,
+    export_to_path, export_to_path_tagged, partial_prefix, resolve_export_path, write_archive,
+    ExportDisks, ExportMeta, ExportedArchive, ARCHIVE_EXTENSION,
 };

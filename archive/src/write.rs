@@ -314,10 +314,37 @@ pub fn export_to_path(
     disks: ExportDisks,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ExportedArchive> {
+    export_to_path_tagged(dest, stem, "", codec, level, meta, disks, progress)
+}
+
+/// The name prefix of the temporary file [`export_to_path_tagged`] writes with `tag`
+/// (`.boxsnap-<tag>`), so a caller that journals the tag can find and remove the temporary
+/// file after a crash.
+pub fn partial_prefix(tag: &str) -> String {
+    format!(".boxsnap-{tag}")
+}
+
+/// [`export_to_path`] with the temporary file named [`partial_prefix`]`(tag)` + random +
+/// `.partial` in the destination directory. `tag` must be a plain file-name fragment
+/// (e.g. a ULID). Errors: as [`export_to_path`].
+#[allow(clippy::too_many_arguments)]
+pub fn export_to_path_tagged(
+    dest: &Path,
+    stem: &str,
+    tag: &str,
+    codec: &dyn ArchiveCodec,
+    level: i32,
+    meta: &ExportMeta,
+    disks: ExportDisks,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ExportedArchive> {
+    if tag.contains('/') || tag.contains('\0') {
+        return Err(Error::config(format!("invalid temporary-file tag {tag:?}")));
+    }
     let target = resolve_export_path(dest, stem)?;
     let dir = parent_dir(&target);
     let tmp = tempfile::Builder::new()
-        .prefix(".boxsnap-")
+        .prefix(&partial_prefix(tag))
         .suffix(".partial")
         .tempfile_in(&dir)
         .map_err(|e| Error::io(&dir, e))?;

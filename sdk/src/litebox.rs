@@ -153,7 +153,18 @@ impl LiteBox {
             )));
         };
         let dest = crate::runtime::absolute(dest)?;
-        let op = inner.begin_op("export", &rec, Operation::Export).await?;
+        // The archive is written under a temporary name next to its destination, possibly
+        // outside the home: journal its name so recovery can remove it after a crash.
+        let tag = ulid::Ulid::new().to_string().to_lowercase();
+        let target = boxlite_archive::resolve_export_path(&dest, &self.name)?;
+        let partial = target
+            .parent()
+            .map(|d| d.join(boxlite_archive::partial_prefix(&tag)))
+            .into_iter()
+            .collect();
+        let op = inner
+            .begin_op_staged("export", &rec, Operation::Export, partial)
+            .await?;
         let mut written = None;
         let work = async {
             let mut flats = Vec::new();
@@ -168,6 +179,7 @@ impl LiteBox {
                     String::new()
                 },
                 file_stem: self.name.clone(),
+                tag: tag.clone(),
             };
             let path = crate::transfer::export_blocking(dest, codec, level, meta, flats).await?;
             written = Some(path.clone());

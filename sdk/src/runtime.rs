@@ -376,13 +376,23 @@ impl Inner {
         rec: &BoxRecord,
         operation: Operation,
     ) -> Result<Op> {
+        self.begin_op_staged(journal_name, rec, operation, Vec::new())
+            .await
+    }
+
+    /// [`Inner::begin_op`] recording `staged` paths in the journal entry, which recovery
+    /// removes if the operation's process dies before it commits (see [`remove_staged`]).
+    pub(crate) async fn begin_op_staged(
+        &self,
+        journal_name: &str,
+        rec: &BoxRecord,
+        operation: Operation,
+        staged: Vec<PathBuf>,
+    ) -> Result<Op> {
         status::check(operation, &self.label(rec), rec.status)?;
         match operation.rule().holds {
-            Some(hold) => {
-                self.begin_holding(journal_name, rec, hold, Vec::new())
-                    .await
-            }
-            None => self.begin(journal_name, Some(&rec.id), Vec::new()).await,
+            Some(hold) => self.begin_holding(journal_name, rec, hold, staged).await,
+            None => self.begin(journal_name, Some(&rec.id), staged).await,
         }
     }
 
@@ -619,6 +629,9 @@ impl Inner {
                     }
                 }
             }
+            for path in &entry.staged {
+                report.deleted.extend(remove_staged(path));
+            }
             ops.push(CatalogOp::RemoveJournal {
                 id: entry.id.clone(),
             });
@@ -627,7 +640,7 @@ impl Inner {
                 .rolled_back
                 .push(format!("{} {}", entry.operation, entry.id));
         }
-        report.deleted = self.gc().await?;
+        report.deleted.extend(self.gc().await?);
         Ok(report)
     }
 
@@ -723,4 +736,38 @@ fn file_label(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| p.display().to_string())
+}
+
+/// Remove what a dead operation staged. A path whose file name is an export's temporary-file
+/// prefix (`.boxsnap-<tag>`, see `boxlite_archive::partial_prefix`) stands for the
+/// `<prefix>*.partial` files in its directory (the archive may be written outside the home);
+/// any other path is removed as a file or directory. Returns what was removed.
+fn remove_staged(path: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.starts_with(&boxlite_archive::partial_prefix("")) {
+        let Some(dir) = path.parent() else {
+            return removed;
+        };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return removed;
+        };
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(name)
+                && n.ends_with(".partial")
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed.push(e.path());
+            }
+        }
+    } else if path.is_dir() {
+        if std::fs::remove_dir_all(path).is_ok() {
+            removed.push(path.to_owned());
+        }
+    } else if std::fs::remove_file(path).is_ok() {
+        removed.push(path.to_owned());
+    }
+    removed
 }

@@ -13,6 +13,8 @@ pub(crate) struct ExportMeta {
     pub box_name: Option<String>,
     pub image: String,
     pub file_stem: String,
+    /// Tag of the temporary file's name (journaled for recovery).
+    pub tag: String,
 }
 
 /// Stream the flattened disks into an archive at `dest` on a blocking thread.
@@ -44,9 +46,10 @@ pub(crate) async fn export_blocking(
             image: meta.image,
             exported_at: chrono::Utc::now(),
         };
-        boxlite_archive::export_to_path(
+        boxlite_archive::export_to_path_tagged(
             &dest,
             &meta.file_stem,
+            &meta.tag,
             codec.as_ref(),
             level,
             &m,

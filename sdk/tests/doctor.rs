@@ -160,3 +160,69 @@ async fn operation_of_a_dead_process_is_rolled_back() {
     );
     assert!(rt.doctor(false).await.unwrap().problems.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_removes_a_dead_exports_partial_archive_outside_the_home() {
+    if !have_qemu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let rt = open_runtime(&home).await;
+    let b = rt.create(make_images(tmp.path()), "e").await.unwrap();
+    // What a process killed mid-export leaves: the box held, the journal entry naming the
+    // temporary archive's prefix, and the partial file next to the destination.
+    let dead = out.join(".boxsnap-deadbeef0123x7Yz.partial");
+    let other = out.join(".boxsnap-someoneelse9Qw.partial");
+    std::fs::write(&dead, b"half an archive").unwrap();
+    std::fs::write(&other, b"another export's file").unwrap();
+    let cat = registry::catalog("sqlite", &rt.config().plugin_config("sqlite")).unwrap();
+    cat.apply(vec![
+        CatalogOp::SetBoxStatus {
+            box_id: b.id().clone(),
+            expected: BoxStatus::Stopped,
+            new: BoxStatus::Exporting,
+        },
+        CatalogOp::InsertJournal(JournalEntry {
+            id: "01JDEADEXPORT00000000000000".into(),
+            operation: "export".into(),
+            box_id: Some(b.id().clone()),
+            prior_status: Some(BoxStatus::Stopped),
+            owner_pid: 4_194_002,
+            started_at: chrono::Utc::now(),
+            staged: vec![out.join(".boxsnap-deadbeef0123")],
+        }),
+    ])
+    .await
+    .unwrap();
+    drop((b, rt, cat));
+    let rt = open_runtime(&home).await;
+    assert!(
+        !dead.exists(),
+        "the dead export's partial archive is removed"
+    );
+    assert!(other.exists(), "files of other operations are kept");
+    assert!(
+        rt.recovery_report().deleted.contains(&dead),
+        "{:?}",
+        rt.recovery_report()
+    );
+    let b = rt.get("e").await.unwrap().unwrap();
+    assert_eq!(b.info().await.unwrap().status, BoxStatus::Stopped);
+    // A real export journals its prefix and leaves no partial behind on success.
+    b.export(&out, &boxlite::api::ExportOptions::default())
+        .await
+        .unwrap();
+    let partials: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        partials,
+        [std::ffi::OsString::from(".boxsnap-someoneelse9Qw.partial")]
+    );
+}
