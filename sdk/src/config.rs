@@ -57,6 +57,11 @@ pub struct Config {
     pub compression_level: i32,
     /// Per-plugin settings tables (`[plugin.<name>]`), keyed by plugin name.
     pub plugins: BTreeMap<String, toml::Table>,
+    /// True when no flag, variable or file chose the storage backend: an existing home then
+    /// keeps the backend it was created with instead of refusing the built-in default.
+    pub storage_is_default: bool,
+    /// Like [`Config::storage_is_default`], for the catalog.
+    pub catalog_is_default: bool,
 }
 
 /// The config file's shape. Every field optional; unknown keys rejected.
@@ -137,7 +142,15 @@ impl Config {
                 .or(file)
                 .unwrap_or_else(|| default.to_owned())
         };
+        let storage_is_default = sources.storage.is_none()
+            && sources.var(ENV_STORAGE).is_none()
+            && file.storage.is_none();
+        let catalog_is_default = sources.catalog.is_none()
+            && sources.var(ENV_CATALOG).is_none()
+            && file.catalog.is_none();
         let config = Config {
+            storage_is_default,
+            catalog_is_default,
             storage: pick(&sources.storage, ENV_STORAGE, file.storage, "qcow2"),
             catalog: pick(&sources.catalog, ENV_CATALOG, file.catalog, "sqlite"),
             codec: pick(&sources.codec, ENV_CODEC, file.codec, "zstd"),

@@ -39,12 +39,17 @@ pub struct RecoveryReport {
     pub statuses_reset: Vec<String>,
     /// Unreferenced files and staging leftovers deleted (absolute paths).
     pub deleted: Vec<PathBuf>,
+    /// Why garbage collection was skipped (a root could not be resolved), if it was.
+    pub gc_skipped: Option<String>,
 }
 
 impl RecoveryReport {
     /// True when recovery found nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.rolled_back.is_empty() && self.statuses_reset.is_empty() && self.deleted.is_empty()
+        self.rolled_back.is_empty()
+            && self.statuses_reset.is_empty()
+            && self.deleted.is_empty()
+            && self.gc_skipped.is_none()
     }
 }
 
@@ -88,6 +93,25 @@ impl BoxliteRuntime {
     /// backend or catalog, or a home with unsafe permissions; [`Error::Unsupported`] when the
     /// storage backend's probe fails on this filesystem; catalog and I/O errors.
     pub async fn open(config: Config) -> Result<Self> {
+        Self::open_with(config, OpenMode::Normal).await
+    }
+
+    /// Open an EXISTING home for inspection (`boxlite doctor`): no home is created and no
+    /// recovery runs, so what a crash left behind is still there to be reported.
+    ///
+    /// Errors: [`Error::Config`] when the home does not exist; otherwise as
+    /// [`BoxliteRuntime::open`].
+    pub async fn open_for_inspection(config: Config) -> Result<Self> {
+        if !config.home.join(crate::home::HOME_RECORD).is_file() {
+            return Err(Error::Config {
+                path: Some(config.home.clone()),
+                detail: "no BoxLite home here (no home.toml); check --home / BOXLITE_HOME".into(),
+            });
+        }
+        Self::open_with(config, OpenMode::Inspect).await
+    }
+
+    async fn open_with(config: Config, mode: OpenMode) -> Result<Self> {
         config.validate_plugins()?;
         let home = Home::new(config.home.clone());
         create_private_dir(&home.root)?;
@@ -102,13 +126,18 @@ impl BoxliteRuntime {
             ),
         };
         let storage_name = match (&record, config.storage.as_str()) {
+            (Some(r), _) if config.storage_is_default => r.storage.clone(),
             (Some(r), STORAGE_AUTO) => r.storage.clone(),
             (Some(r), s) if s != r.storage => return Err(mismatch("storage", &r.storage, s)),
             (Some(r), _) => r.storage.clone(),
             (None, STORAGE_AUTO) => resolve_auto(&home, &config).await?,
             (None, s) => s.to_owned(),
         };
+        let mut config = config;
         if let Some(r) = &record {
+            if config.catalog_is_default {
+                config.catalog = r.catalog.clone();
+            }
             if r.catalog != config.catalog {
                 return Err(mismatch("catalog", &r.catalog, &config.catalog));
             }
@@ -138,8 +167,10 @@ impl BoxliteRuntime {
             catalog,
             recovery: RecoveryReport::default(),
         };
-        inner.recovery = inner.recover().await?;
-        inner.home.sweep_stale_locks()?;
+        if mode == OpenMode::Normal {
+            inner.recovery = inner.recover().await?;
+            inner.home.sweep_stale_locks()?;
+        }
         if !inner.recovery.is_empty() {
             tracing::info!(report = ?inner.recovery, "recovery finished");
         }
@@ -333,6 +364,12 @@ impl BoxliteRuntime {
     pub async fn collect_garbage(&self) -> Result<Vec<PathBuf>> {
         self.inner.gc().await
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenMode {
+    Normal,
+    Inspect,
 }
 
 /// An operation in flight: its journal entry, the status transition it holds, and the shared
@@ -640,7 +677,15 @@ impl Inner {
                 .rolled_back
                 .push(format!("{} {}", entry.operation, entry.id));
         }
-        report.deleted.extend(self.gc().await?);
+        match self.gc().await {
+            Ok(deleted) => report.deleted.extend(deleted),
+            // A root that cannot be resolved (e.g. a missing layer) must not make the home
+            // unusable: nothing is deleted, and `boxlite doctor` reports the broken chain.
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection skipped; run `boxlite doctor`");
+                report.gc_skipped = Some(e.to_string());
+            }
+        }
         Ok(report)
     }
 

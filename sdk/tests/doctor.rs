@@ -226,3 +226,97 @@ async fn recovery_removes_a_dead_exports_partial_archive_outside_the_home() {
         [std::ffi::OsString::from(".boxsnap-someoneelse9Qw.partial")]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_layer_does_not_lock_the_user_out_and_inspection_changes_nothing() {
+    if !have_qemu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let rt = open_runtime(&home).await;
+    let b = rt.create(make_images(tmp.path()), "d").await.unwrap();
+    b.snapshot()
+        .create("v1", &SnapshotOptions::default())
+        .await
+        .unwrap();
+    let layer = b.snapshot().disks("v1").await.unwrap().container;
+    drop((b, rt));
+    std::fs::remove_file(&layer).unwrap();
+    let stray = home.join("storage/qcow2/layers/stray.bin");
+    std::fs::write(&stray, b"x").unwrap();
+
+    // Normal open still works (garbage collection is skipped, nothing deleted).
+    let rt = open_runtime(&home).await;
+    assert!(
+        rt.recovery_report().gc_skipped.is_some(),
+        "{:?}",
+        rt.recovery_report()
+    );
+    assert!(stray.exists());
+    assert_eq!(rt.list().await.unwrap().len(), 1);
+    drop(rt);
+
+    // Inspection opens without recovery and reports; plain doctor deletes nothing.
+    let sources = boxlite::ConfigSources {
+        home: Some(home.clone()),
+        ..Default::default()
+    };
+    let config = boxlite::Config::load(&sources).unwrap();
+    let rt = boxlite::BoxliteRuntime::open_for_inspection(config.clone())
+        .await
+        .unwrap();
+    let r = rt.doctor(false).await.unwrap();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::BrokenChain),
+        "{r:?}"
+    );
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Unreferenced),
+        "{r:?}"
+    );
+    assert!(stray.exists(), "doctor without --fix deletes nothing");
+
+    // No home is created at a mistyped path.
+    let mut missing = config;
+    missing.home = tmp.path().join("typo");
+    assert!(boxlite::BoxliteRuntime::open_for_inspection(missing)
+        .await
+        .is_err());
+    assert!(!tmp.path().join("typo").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_keeps_its_backend_when_none_is_configured() {
+    if !have_qemu() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let with = |storage: Option<&str>| boxlite::ConfigSources {
+        home: Some(home.clone()),
+        storage: storage.map(str::to_owned),
+        ..Default::default()
+    };
+    let rt = boxlite::BoxliteRuntime::open(boxlite::Config::load(&with(Some("copy"))).unwrap())
+        .await
+        .unwrap();
+    rt.create(make_images(tmp.path()), "c").await.unwrap();
+    drop(rt);
+    let rt = boxlite::BoxliteRuntime::open(boxlite::Config::load(&with(None)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rt.storage_name(), "copy");
+    drop(rt);
+    let err = boxlite::BoxliteRuntime::open(boxlite::Config::load(&with(Some("qcow2"))).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("created with storage 'copy'"),
+        "{err}"
+    );
+}

@@ -39,10 +39,23 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`--list | head`) ends the program quietly, like other Unix tools.
+    // SAFETY: restoring the default SIGPIPE disposition before any thread starts.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let args = Args::parse();
     if args.list {
-        for c in cases() {
-            println!("{}", c.name);
+        let names: Vec<&str> = cases().iter().map(|c| c.name).collect();
+        if args.json {
+            println!("{}", serde_json::json!(names));
+        } else {
+            for n in names {
+                println!("{n}");
+            }
         }
         return ExitCode::SUCCESS;
     }

@@ -765,7 +765,12 @@ fn done(cli: &Cli, v: Value, text: String) -> CliResult {
 }
 
 async fn doctor(cli: &Cli, fix: bool) -> CliResult {
-    let rt = open(cli).await?;
+    // Inspect the home as it is: no recovery on open (doctor --fix does the repairs), and no
+    // home is created at a mistyped path.
+    let mut sources = ConfigSources::from_process();
+    sources.home = cli.home.clone();
+    sources.config_file = cli.config.clone();
+    let rt = BoxliteRuntime::open_for_inspection(Config::load(&sources)?).await?;
     let report = rt.doctor(fix).await?;
     let remaining = report.problems.iter().filter(|p| !p.repaired).count();
     if cli.json {
