@@ -497,7 +497,13 @@ pub mod cases_impl {
         check_box(&b, &v1).await?;
         let st = ok(b.info().await, "info")?.status;
         ensure!(st == BoxStatus::Stopped, "status after restore {st}");
-        Ok(())
+        // Writes after a restore change the box, never the snapshot it came from.
+        let mut after = v1.clone();
+        write_box(&b, &mut after, DiskRole::Container, 0, 4096, 0x30).await?;
+        check_box(&b, &after).await?;
+        check_snapshot(&b, "v1", &v1).await?;
+        ok(b.snapshot().restore("v1").await, "second restore")?;
+        check_box(&b, &v1).await
     }
 
     pub async fn restore_keeps_every_snapshot(h: Harness) -> Result<(), String> {
