@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use boxlite_api::{Error, FlatDisk, Result};
+use boxlite_api::{Error, Result};
 use boxlite_backend_qcow2::image::{
     create_overlay, BackingFormat, Chain, FlattenPlan, OpenOptions, QCOW2_MAGIC,
 };
@@ -149,54 +149,5 @@ impl<W: Write> Write for ErrorKeepingWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         let r = self.inner.flush();
         self.keep(r)
-    }
-}
-
-/// A [`FlatDisk`] over a standalone qcow2 file of the store.
-pub(crate) struct Flat {
-    chain: Chain,
-    path: PathBuf,
-    size_bytes: u64,
-    virtual_size: u64,
-}
-
-impl Flat {
-    /// Open `path` (inside `store`) and compute its flattened layout.
-    pub fn open(store: &Path, path: &Path) -> Result<Flat> {
-        let chain = Chain::open(
-            path,
-            &OpenOptions::new().allowed_root(Some(store.to_path_buf())),
-        )?;
-        let plan = FlattenPlan::new(&chain)?;
-        let (size_bytes, virtual_size) = (plan.size_bytes(), plan.virtual_size());
-        drop(plan);
-        Ok(Flat {
-            chain,
-            path: path.to_owned(),
-            size_bytes,
-            virtual_size,
-        })
-    }
-}
-
-impl FlatDisk for Flat {
-    fn size_bytes(&self) -> u64 {
-        self.size_bytes
-    }
-
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
-    }
-
-    fn write_to(&mut self, out: &mut dyn Write) -> Result<u64> {
-        let plan = FlattenPlan::new(&self.chain)?;
-        if plan.size_bytes() != self.size_bytes {
-            return Err(Error::corrupt(
-                &self.path,
-                "the disk changed between planning and streaming the export",
-            ));
-        }
-        let mut out = out;
-        Ok(plan.write_to(&mut out)?)
     }
 }

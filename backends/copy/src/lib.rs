@@ -41,7 +41,8 @@ use boxlite_api::{
     DiskSource, Error, Factory, FlatDisk, PluginConfig, Registration, Release, Result, Roots,
     SnapshotBackend, StorageContext, Usage,
 };
-use boxlite_backend_qcow2::image::Image;
+use boxlite_backend_qcow2::image::{Image, OpenOptions};
+use boxlite_backend_qcow2::FlatChain;
 
 use files::{
     allocated_bytes, create_dir_durable, sparse_copy, sparse_copy_unshared, sync_dir, write_staged,
@@ -573,8 +574,11 @@ impl<M: CopyMethod> SnapshotBackend for FileStore<M> {
     async fn read_flat(&self, ctx: &StorageContext, disk: &Path) -> Result<Box<dyn FlatDisk>> {
         let store = ctx.store.clone();
         let path = ctx.resolve(disk);
-        blocking(move || Ok(Box::new(import::Flat::open(&store, &path)?) as Box<dyn FlatDisk>))
-            .await
+        blocking(move || {
+            let opts = OpenOptions::new().allowed_root(Some(store.to_path_buf()));
+            Ok(Box::new(FlatChain::open(&path, &opts)?) as Box<dyn FlatDisk>)
+        })
+        .await
     }
 
     async fn adopt_disks(

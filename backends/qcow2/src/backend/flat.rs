@@ -1,29 +1,33 @@
-//! [`FlatDisk`] over a qcow2 chain: a standalone sparse qcow2 stream for export.
+//! [`FlatChain`]: a qcow2 chain as a [`FlatDisk`], i.e. a standalone sparse qcow2 stream for
+//! export. Shared by every backend whose disks are qcow2 files.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use boxlite_api::{Error, FlatDisk, Result};
 
-use super::store::Store;
-use crate::image::{Chain, FlattenPlan};
+use crate::image::{Chain, FlattenPlan, OpenOptions};
 
-/// A chain opened for flattening, with its exact output size computed up front.
-pub(crate) struct Flat {
+/// A chain opened for flattening, with its exact output size computed up front (one pass
+/// over the allocated clusters); [`FlatDisk::write_to`] streams it in bounded memory.
+pub struct FlatChain {
     chain: Chain,
     path: PathBuf,
     size_bytes: u64,
     virtual_size: u64,
 }
 
-impl Flat {
-    /// Open the chain at `path` (inside the store) and compute its flattened layout.
-    pub fn new(store: &Store, path: &Path) -> Result<Flat> {
-        let chain = store.open(path)?;
+impl FlatChain {
+    /// Open the chain whose top is `path` with `opts` (give the store as the allowed root)
+    /// and plan its flattened layout.
+    ///
+    /// Errors: the safe open's errors; I/O and corruption errors while planning.
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<FlatChain> {
+        let chain = Chain::open(path, opts)?;
         let plan = FlattenPlan::new(&chain)?;
         let (size_bytes, virtual_size) = (plan.size_bytes(), plan.virtual_size());
         drop(plan);
-        Ok(Flat {
+        Ok(FlatChain {
             chain,
             path: path.to_owned(),
             size_bytes,
@@ -32,7 +36,7 @@ impl Flat {
     }
 }
 
-impl FlatDisk for Flat {
+impl FlatDisk for FlatChain {
     fn size_bytes(&self) -> u64 {
         self.size_bytes
     }
@@ -42,7 +46,8 @@ impl FlatDisk for Flat {
     }
 
     fn write_to(&mut self, out: &mut dyn Write) -> Result<u64> {
-        // The layout is recomputed from the same immutable chain, so it is identical.
+        // The layout is recomputed from the same immutable chain, so it is identical; a
+        // difference means the disk changed underneath, which is refused.
         let plan = FlattenPlan::new(&self.chain)?;
         if plan.size_bytes() != self.size_bytes {
             return Err(Error::corrupt(

@@ -14,6 +14,8 @@
 //!   SHA-256 of their flattened standalone form, so boxes made from one image share one file.
 
 mod flat;
+
+pub use flat::FlatChain;
 mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -259,7 +261,10 @@ impl SnapshotBackend for Qcow2Backend {
     async fn read_flat(&self, ctx: &StorageContext, disk: &Path) -> Result<Box<dyn FlatDisk>> {
         let store = self.store(ctx);
         let path = ctx.resolve(disk);
-        blocking(move || Ok(Box::new(flat::Flat::new(&store, &path)?) as Box<dyn FlatDisk>)).await
+        blocking(move || {
+            Ok(Box::new(FlatChain::open(&path, &store.open_options())?) as Box<dyn FlatDisk>)
+        })
+        .await
     }
 
     async fn adopt_disks(
