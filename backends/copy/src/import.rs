@@ -88,7 +88,7 @@ struct RawOverlay {
 impl RawOverlay {
     fn create(raw: &Path, dir: &Path) -> Result<RawOverlay> {
         let raw = fs::canonicalize(raw).map_err(|e| Error::io(raw, e))?;
-        let size = fs::metadata(&raw).map_err(|e| Error::io(&raw, e))?.len();
+        let size = boxlite_backend_qcow2::raw_input_size(&raw)?;
         let name = raw
             .to_str()
             .ok_or_else(|| Error::config(format!("{}: image path is not UTF-8", raw.display())))?;

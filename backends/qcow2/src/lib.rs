@@ -9,4 +9,4 @@ pub mod backend;
 mod convert;
 pub mod image;
 
-pub use backend::{FlatChain, Qcow2Backend, Qcow2Settings};
+pub use backend::{raw_input_size, FlatChain, Qcow2Backend, Qcow2Settings};

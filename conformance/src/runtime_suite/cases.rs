@@ -21,6 +21,7 @@ macro_rules! __runtime_suite_case_names {
             create_duplicate_name_is_already_exists,
             create_missing_image_changes_nothing,
             create_from_qcow2_with_backing_chain,
+            create_from_non_image_file_is_refused,
             get_unknown_box_is_none,
             list_boxes_in_creation_order,
             snapshot_captures_content,
@@ -326,6 +327,25 @@ pub mod cases_impl {
         std::fs::remove_file(&base).map_err(|e| e.to_string())?;
         std::fs::remove_file(&top).map_err(|e| e.to_string())?;
         check_box(&b, &model).await
+    }
+
+    pub async fn create_from_non_image_file_is_refused(h: Harness) -> Result<(), String> {
+        let rt = h.open().await?;
+        let before = stored_files(&h);
+        for (tag, bytes) in [("junk", b"vm\n".to_vec()), ("empty", Vec::new())] {
+            let (mut opts, _) = h.images(tag)?;
+            opts.disk = h.scratch().join(format!("{tag}.img"));
+            std::fs::write(&opts.disk, &bytes).map_err(|e| e.to_string())?;
+            expect_err(rt.create(opts, tag).await, tag, "Unsupported", |e| {
+                matches!(e, Error::Unsupported { .. })
+            })?;
+            ensure!(ok(rt.get(tag).await, "get")?.is_none(), "box {tag} created");
+        }
+        ensure!(
+            stored_files(&h) == before,
+            "files left after refused creates"
+        );
+        Ok(())
     }
 
     pub async fn get_unknown_box_is_none(h: Harness) -> Result<(), String> {

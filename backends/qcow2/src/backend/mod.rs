@@ -474,21 +474,7 @@ fn import_base(store: &Store, input: &Path) -> Result<PathBuf> {
         let ov = store
             .base_dir()
             .join(format!(".raw-{}.qcow2", ulid::Ulid::new()));
-        let size = std::fs::metadata(input)
-            .map_err(|e| Error::io(input, e))?
-            .len();
-        if size == 0 || size % 512 != 0 {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "{} is neither a qcow2 image nor a raw disk image ({size} bytes is not a \
-                     non-zero multiple of 512)",
-                    input.display()
-                ),
-                path: Some(input.to_owned()),
-                hint: "pass a qcow2 image or a raw disk image (e.g. made by mkfs or qemu-img)"
-                    .into(),
-            });
-        }
+        let size = raw_input_size(input)?;
         let name = input.to_str().ok_or_else(|| {
             Error::config(format!("{}: image path is not UTF-8", input.display()))
         })?;
@@ -654,4 +640,27 @@ fn backing_of(file: &Path) -> Result<Option<PathBuf>> {
 
 fn canonical(p: &Path) -> Result<PathBuf> {
     std::fs::canonicalize(p).map_err(|e| Error::io(p, e))
+}
+
+/// The size in bytes of a user image that is not qcow2 and is therefore read as raw.
+///
+/// Errors: [`Error::Io`] naming the file; [`Error::Unsupported`] when the file cannot be a raw
+/// disk image (empty, or not a multiple of 512 bytes), so that a stray file is refused instead
+/// of silently becoming a disk. Shared by every backend that imports user images.
+pub fn raw_input_size(input: &Path) -> Result<u64> {
+    let size = std::fs::metadata(input)
+        .map_err(|e| Error::io(input, e))?
+        .len();
+    if size == 0 || size % 512 != 0 {
+        return Err(Error::Unsupported {
+            what: format!(
+                "{} is neither a qcow2 image nor a raw disk image ({size} bytes is not a \
+                 non-zero multiple of 512)",
+                input.display()
+            ),
+            path: Some(input.to_owned()),
+            hint: "pass a qcow2 image or a raw disk image (e.g. made by mkfs or qemu-img)".into(),
+        });
+    }
+    Ok(size)
 }
