@@ -111,6 +111,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// The host's VMM controller ([`crate::BoxController`]) failed to pause, resume, stop,
+    /// start or reopen the disks of a running box.
+    #[error("VMM could not {action} box '{box_name}': {detail}; check the VM with your VMM's tools (the box's status is unchanged)")]
+    Vmm {
+        /// The box.
+        box_name: String,
+        /// What was asked: "pause", "resume", "stop", "start" or "reopen the disks of".
+        action: String,
+        /// What the VMM reported.
+        detail: String,
+    },
+
     /// On-disk data (a qcow2 image, an archive, a catalog row) is damaged or inconsistent.
     #[error("corrupt data in {}: {detail}; run `boxlite doctor` (or re-create the object from a good copy)", .path.display())]
     Corrupt {
@@ -261,6 +273,19 @@ impl Error {
             kind: ObjectKind::Snapshot,
             name: name.into(),
             box_name: Some(box_name.into()),
+        }
+    }
+
+    /// Build a [`Error::Vmm`] (for [`crate::BoxController`] implementations).
+    pub fn vmm(
+        box_name: impl Into<String>,
+        action: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::Vmm {
+            box_name: box_name.into(),
+            action: action.into(),
+            detail: detail.into(),
         }
     }
 

@@ -59,6 +59,9 @@ pub struct ExportOptions {
     pub include_metadata: bool,
     /// Codec name overriding the runtime's configured codec (e.g. "lz4"). Default None.
     pub codec: Option<String>,
+    /// How a `Running` box is captured before streaming (quiesce, timeout, stop fallback).
+    /// Default: [`SnapshotOptions::default`].
+    pub live: SnapshotOptions,
 }
 
 impl Default for ExportOptions {
@@ -68,6 +71,7 @@ impl Default for ExportOptions {
             compression_level: 3,
             include_metadata: true,
             codec: None,
+            live: SnapshotOptions::default(),
         }
     }
 }
@@ -93,6 +97,11 @@ impl ExportOptions {
         self.codec = Some(name.into());
         self
     }
+    /// Set [`ExportOptions::live`].
+    pub fn live(&mut self, live: SnapshotOptions) -> &mut Self {
+        self.live = live;
+        self
+    }
 }
 
 /// Options of `box.clone(name, opts)`.
@@ -106,6 +115,9 @@ pub struct CloneOptions {
     pub start_after_clone: bool,
     /// Clone from this snapshot of the source instead of its current state. Default None.
     pub from_snapshot: Option<String>,
+    /// How a `Running` source box is captured when cloning its current state (quiesce,
+    /// timeout, stop fallback). Default: [`SnapshotOptions::default`].
+    pub live: SnapshotOptions,
 }
 
 impl Default for CloneOptions {
@@ -114,6 +126,7 @@ impl Default for CloneOptions {
             cow: true,
             start_after_clone: false,
             from_snapshot: None,
+            live: SnapshotOptions::default(),
         }
     }
 }
@@ -132,6 +145,11 @@ impl CloneOptions {
     /// Set [`CloneOptions::from_snapshot`].
     pub fn from_snapshot(&mut self, name: impl Into<String>) -> &mut Self {
         self.from_snapshot = Some(name.into());
+        self
+    }
+    /// Set [`CloneOptions::live`].
+    pub fn live(&mut self, live: SnapshotOptions) -> &mut Self {
+        self.live = live;
         self
     }
 }

@@ -135,6 +135,10 @@ pub struct SnapshotInfo {
     pub guest_disk_bytes: u64,
     /// Allocated bytes of the snapshot's container-disk data as measured by the backend at capture.
     pub container_disk_bytes: u64,
+    /// How a running box was captured: set only in the value `create` returns for a box that
+    /// was `Running` (not stored in the catalog; `get`/`list` return `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::live::CaptureReport>,
 }
 
 /// What `runtime.get/list` and `box.info()` return.

@@ -115,6 +115,13 @@ impl AgentClient {
         result
     }
 
+    /// A second handle on this connection (`None` once closed), for closing it from another
+    /// thread while a request blocks: `shutdown(Both)` on it makes the blocked request fail at
+    /// once and the agent thaw what this connection froze.
+    pub fn interrupt_handle(&self) -> Option<UnixStream> {
+        self.stream.as_ref().and_then(|s| s.try_clone().ok())
+    }
+
     /// Close the connection (the agent thaws what this client froze).
     pub fn close(&mut self) {
         if let Some(s) = self.stream.take() {

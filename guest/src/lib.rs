@@ -15,10 +15,12 @@ pub mod client;
 #[cfg(target_os = "linux")]
 pub mod mounts;
 pub mod protocol;
+pub mod quiescer;
 #[cfg(target_os = "linux")]
 pub mod server;
 
 pub use client::{AgentClient, Quiesced, DEFAULT_IO_TIMEOUT};
 pub use protocol::{Request, Response, DEFAULT_TIMEOUT_SECS, MAX_LINE, MAX_TIMEOUT_SECS};
+pub use quiescer::AgentQuiescer;
 #[cfg(target_os = "linux")]
 pub use server::{serve, Agent, Config, ListenAddr, Listener};

@@ -23,6 +23,7 @@ pub mod demo;
 mod doctor;
 pub mod home;
 mod litebox;
+mod live;
 mod runtime;
 mod transfer;
 
@@ -33,4 +34,4 @@ pub use boxlite_backend_qcow2::image as qcow2;
 pub use config::{Config, ConfigSources};
 pub use doctor::{DoctorReport, Problem, ProblemKind};
 pub use litebox::{LiteBox, SnapshotHandle};
-pub use runtime::{BoxOptions, BoxliteRuntime, RecoveryReport};
+pub use runtime::{BoxOptions, BoxliteRuntime, RecoveryReport, RuntimeBuilder};

@@ -3,17 +3,19 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use boxlite_api::catalog::{BoxRecord, CatalogOp, SnapshotRecord};
 use boxlite_api::status::Operation;
 use boxlite_api::{
-    validate_box_name, validate_snapshot_name, BoxId, BoxInfo, BoxStatus, CloneOptions,
-    CloneSource, DiskSet, Error, ExportOptions, ObjectKind, Result, SnapshotInfo, SnapshotOptions,
+    validate_box_name, validate_snapshot_name, BoxController, BoxId, BoxInfo, BoxStatus, Capture,
+    CaptureReport, CloneOptions, CloneSource, DiskSet, Error, ExportOptions, LiveBox, ObjectKind,
+    Result, SnapshotInfo, SnapshotOptions,
 };
 use chrono::Utc;
 
-use crate::runtime::Inner;
+use crate::live::LiveSession;
+use crate::runtime::{Inner, Op};
 
 /// A handle on one box. Holds its id: renames and removal by others are seen on the next call
 /// (which then fails with `NotFound`).
@@ -21,6 +23,7 @@ pub struct LiteBox {
     inner: Arc<Inner>,
     id: BoxId,
     name: String,
+    last_capture: Mutex<Option<CaptureReport>>,
 }
 
 impl std::fmt::Debug for LiteBox {
@@ -36,15 +39,99 @@ fn running_unsupported(box_name: &str, what: &str) -> Error {
     Error::Unsupported {
         what: format!("{what} of running box '{box_name}'"),
         path: None,
-        hint: "live capture needs a BoxController for the VMM, which this runtime was not given; \
-               stop the box first (`boxlite stop NAME`)"
-            .into(),
+        hint:
+            "live capture needs a BoxController for the VMM, which this runtime was not given \
+               (BoxliteRuntime::builder().controller(..)); stop the box first (`boxlite stop NAME`)"
+                .into(),
     }
 }
 
 impl LiteBox {
     pub(crate) fn new(inner: Arc<Inner>, id: BoxId, name: String) -> Self {
-        LiteBox { inner, id, name }
+        LiteBox {
+            inner,
+            id,
+            name,
+            last_capture: Mutex::new(None),
+        }
+    }
+
+    /// How the last live `export` or `clone` through this handle captured the running box
+    /// (`None` if it has not captured a running box). `snapshot().create` returns its report
+    /// in [`SnapshotInfo::capture`] instead.
+    pub fn last_capture(&self) -> Option<CaptureReport> {
+        self.last_capture
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_last_capture(&self, report: CaptureReport) {
+        *self.last_capture.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    /// The controller for a live capture of this running box.
+    ///
+    /// Errors: [`Error::Unsupported`] when the runtime has no [`BoxController`].
+    fn controller(&self, what: &str) -> Result<Arc<dyn BoxController>> {
+        self.inner
+            .controller
+            .clone()
+            .ok_or_else(|| running_unsupported(&self.name, what))
+    }
+
+    /// Capture the disks of running box `rec` (held by `op`): quiesce, pause (or stop),
+    /// `storage.snapshot`, reopen, commit `ops(&capture)` plus the box's new live disks in one
+    /// catalog transaction, then resume (or restart) and thaw, whatever happened.
+    ///
+    /// Returns the capture (its `snapshot` disks are immutable and hold the captured state) and
+    /// the report. If a stop-for-capture could not restart the box, `op` returns it to
+    /// `Stopped`.
+    ///
+    /// Errors: [`Error::QuiesceFailed`] (nothing changed), [`Error::Vmm`], storage and catalog
+    /// errors (the VM is back on its previous disks and nothing was committed).
+    async fn capture_running(
+        &self,
+        op: &mut Op,
+        controller: Arc<dyn BoxController>,
+        rec: &BoxRecord,
+        opts: &SnapshotOptions,
+        ops: impl FnOnce(&Capture) -> Vec<CatalogOp>,
+    ) -> Result<(Capture, CaptureReport)> {
+        let inner = &self.inner;
+        let live = LiveBox {
+            id: rec.id.clone(),
+            name: self.name.clone(),
+            disks: rec.disks.under(&inner.home.root),
+        };
+        let mut session =
+            LiveSession::begin(controller, inner.quiescer.clone(), live, opts).await?;
+        let captured = async {
+            boxlite_api::failpoint!("live.after_pause");
+            let cap = inner
+                .storage
+                .snapshot(&inner.ctx, &rec.id, &rec.disks)
+                .await?;
+            session
+                .switch_disks(&cap.live.under(&inner.home.root))
+                .await?;
+            boxlite_api::failpoint!("live.after_reopen");
+            let mut batch = ops(&cap);
+            batch.push(CatalogOp::SetBoxDisks {
+                box_id: rec.id.clone(),
+                disks: cap.live.clone(),
+            });
+            inner.catalog.apply(batch).await?;
+            session.mark_committed();
+            debug_assert_eq!(session.live().disks, cap.live.under(&inner.home.root));
+            Ok(cap)
+        }
+        .await;
+        let report = session.end().await;
+        if report.stopped && !report.restarted {
+            op.return_to(BoxStatus::Stopped);
+        }
+        captured.map(|cap| (cap, report))
     }
 
     /// The box's name.
@@ -124,9 +211,12 @@ impl LiteBox {
     pub async fn export(&self, dest: &Path, opts: &ExportOptions) -> Result<PathBuf> {
         let inner = &self.inner;
         let rec = self.record().await?;
-        if rec.status == BoxStatus::Running {
-            return Err(running_unsupported(&self.name, "export"));
-        }
+        let controller = if rec.status == BoxStatus::Running {
+            crate::live::validate(&opts.live)?;
+            Some(self.controller("export")?)
+        } else {
+            None
+        };
         let codec_name = if !opts.compress {
             "none".to_owned()
         } else {
@@ -162,13 +252,25 @@ impl LiteBox {
             .map(|d| d.join(boxlite_archive::partial_prefix(&tag)))
             .into_iter()
             .collect();
-        let op = inner
+        let mut op = inner
             .begin_op_staged("export", &rec, Operation::Export, partial)
             .await?;
         let mut written = None;
         let work = async {
+            // A running box is captured first (its VM then runs on while the immutable
+            // captured state streams); a stopped box streams its live disks.
+            let disks = match controller {
+                Some(c) => {
+                    let (cap, report) = self
+                        .capture_running(&mut op, c, &rec, &opts.live, |_| Vec::new())
+                        .await?;
+                    self.set_last_capture(report);
+                    cap.snapshot
+                }
+                None => rec.disks.clone(),
+            };
             let mut flats = Vec::new();
-            for (role, path) in rec.disks.iter() {
+            for (role, path) in disks.iter() {
                 flats.push((role, inner.storage.read_flat(&inner.ctx, path).await?));
             }
             let meta = crate::transfer::ExportMeta {
@@ -224,12 +326,13 @@ impl LiteBox {
                 });
             }
         }
-        if opts.start_after_clone {
+        if opts.start_after_clone && inner.controller.is_none() {
             return Err(Error::Unsupported {
                 what: "start_after_clone".into(),
                 path: None,
-                hint: "starting a VM needs a BoxController, which this runtime was not given; \
-                       clone, then start the box from your VMM"
+                hint: "starting a VM needs a BoxController, which this runtime was not given \
+                       (BoxliteRuntime::builder().controller(..)); clone, then start the box \
+                       from your VMM"
                     .into(),
             });
         }
@@ -240,7 +343,9 @@ impl LiteBox {
             validate_snapshot_name(snap)?;
         }
         let rec = self.record().await?;
-        let (op, source, label) = match &opts.from_snapshot {
+        // Where the clones come from: a snapshot, the stopped box's live disks, or (running
+        // box) a live capture taken inside the operation below.
+        let (mut op, source, label) = match &opts.from_snapshot {
             Some(snap_name) => {
                 let snap = inner
                     .catalog
@@ -250,28 +355,43 @@ impl LiteBox {
                 let op = inner
                     .begin_op("clone", &rec, Operation::CloneFromSnapshot)
                     .await?;
-                let src = CloneSource::Snapshot {
+                let src = CloneFrom::Ready(CloneSource::Snapshot {
                     box_id: rec.id.clone(),
                     disks: snap.disks,
-                };
+                });
                 (op, src, format!("clone of {}@{}", self.name, snap_name))
             }
             None => {
-                if rec.status == BoxStatus::Running {
-                    return Err(running_unsupported(&self.name, "clone"));
-                }
+                let src = if rec.status == BoxStatus::Running {
+                    crate::live::validate(&opts.live)?;
+                    CloneFrom::Capture(self.controller("clone")?)
+                } else {
+                    CloneFrom::Ready(CloneSource::Live {
+                        box_id: rec.id.clone(),
+                        disks: rec.disks.clone(),
+                    })
+                };
                 let op = inner
                     .begin_op("clone", &rec, Operation::CloneCurrent)
                     .await?;
-                let src = CloneSource::Live {
-                    box_id: rec.id.clone(),
-                    disks: rec.disks.clone(),
-                };
                 (op, src, format!("clone of {}", self.name))
             }
         };
         let ids: Vec<BoxId> = names.iter().map(|_| BoxId::generate()).collect();
         let work = async {
+            let source = match source {
+                CloneFrom::Ready(source) => source,
+                CloneFrom::Capture(controller) => {
+                    let (cap, report) = self
+                        .capture_running(&mut op, controller, &rec, &opts.live, |_| Vec::new())
+                        .await?;
+                    self.set_last_capture(report);
+                    CloneSource::Snapshot {
+                        box_id: rec.id.clone(),
+                        disks: cap.snapshot,
+                    }
+                }
+            };
             let outcome = inner
                 .storage
                 .clone_disks(&inner.ctx, &source, &ids, opts.cow)
@@ -308,12 +428,52 @@ impl LiteBox {
         }
         .await;
         inner.finish(op, work).await?;
-        Ok(ids
+        let boxes: Vec<LiteBox> = ids
             .into_iter()
             .zip(names)
             .map(|(id, name)| LiteBox::new(inner.clone(), id, (*name).to_owned()))
-            .collect())
+            .collect();
+        if opts.start_after_clone {
+            for b in &boxes {
+                b.start_vm().await?;
+            }
+        }
+        Ok(boxes)
     }
+
+    /// Boot this (Stopped) box through the runtime's controller, then record it `Running`.
+    ///
+    /// Errors: [`Error::Vmm`] (the box stays Stopped and says so), catalog errors.
+    async fn start_vm(&self) -> Result<()> {
+        let controller = self.controller("start")?;
+        let rec = self.record().await?;
+        let live = LiveBox {
+            id: rec.id.clone(),
+            name: self.name.clone(),
+            disks: rec.disks.under(&self.inner.home.root),
+        };
+        controller.start(&live).await.map_err(|e| match e {
+            Error::Vmm {
+                box_name,
+                action,
+                detail,
+            } => Error::Vmm {
+                box_name,
+                action,
+                detail: format!("{detail} (the clone exists and is Stopped)"),
+            },
+            other => other,
+        })?;
+        self.start().await
+    }
+}
+
+/// Where a clone's disks come from, decided before the operation begins.
+enum CloneFrom {
+    /// A snapshot, or a stopped box's live disks.
+    Ready(CloneSource),
+    /// A running box, captured live (through this controller) inside the operation.
+    Capture(Arc<dyn BoxController>),
 }
 
 /// The snapshots of one box: `box.snapshot().create/list/get/remove/restore`.
@@ -328,14 +488,41 @@ impl SnapshotHandle<'_> {
     /// [`Error::Busy`], [`Error::Unsupported`] for a running box without a controller.
     pub async fn create(&self, name: &str, opts: &SnapshotOptions) -> Result<SnapshotInfo> {
         validate_snapshot_name(name)?;
-        let _ = opts; // quiesce options apply to running boxes only (see running_unsupported)
         let inner = &self.b.inner;
         let rec = self.b.record().await?;
         if inner.catalog.get_snapshot(&rec.id, name).await?.is_some() {
             return Err(already(&self.b.name, name));
         }
         if rec.status == BoxStatus::Running {
-            return Err(running_unsupported(&self.b.name, "snapshot"));
+            crate::live::validate(opts)?;
+            let controller = self.b.controller("snapshot")?;
+            let mut op = inner
+                .begin_op("snapshot_create", &rec, Operation::SnapshotCreate)
+                .await?;
+            let mut made = None;
+            let work = self
+                .b
+                .capture_running(&mut op, controller, &rec, opts, |cap| {
+                    let snap = SnapshotRecord {
+                        box_id: rec.id.clone(),
+                        name: name.to_owned(),
+                        created_at: Utc::now(),
+                        disks: cap.snapshot.clone(),
+                        guest_disk_bytes: cap.guest_disk_bytes,
+                        container_disk_bytes: cap.container_disk_bytes,
+                    };
+                    made = Some(snapshot_info(&snap));
+                    vec![CatalogOp::InsertSnapshot(snap)]
+                })
+                .await
+                .and_then(|(_, report)| {
+                    let mut info = made.ok_or_else(|| {
+                        Error::config("internal error: live capture made no snapshot")
+                    })?;
+                    info.capture = Some(report);
+                    Ok((Vec::new(), info))
+                });
+            return inner.finish(op, work).await;
         }
         let op = inner
             .begin_op("snapshot_create", &rec, Operation::SnapshotCreate)
@@ -505,5 +692,6 @@ fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
         size_bytes: s.guest_disk_bytes + s.container_disk_bytes,
         guest_disk_bytes: s.guest_disk_bytes,
         container_disk_bytes: s.container_disk_bytes,
+        capture: None,
     }
 }

@@ -9,8 +9,9 @@ use boxlite_api::catalog::{BoxRecord, CatalogOp, JournalEntry};
 use boxlite_api::registry::{self, PluginKind};
 use boxlite_api::status::{self, Operation};
 use boxlite_api::{
-    validate_box_name, ArchiveCodec, BoxId, BoxInfo, BoxStatus, CatalogBackend, DiskSet,
-    DiskSource, Error, ObjectKind, Result, Roots, SnapshotBackend, StorageContext,
+    validate_box_name, ArchiveCodec, BoxController, BoxId, BoxInfo, BoxStatus, CatalogBackend,
+    DiskSet, DiskSource, Error, ObjectKind, Quiescer, Result, Roots, SnapshotBackend,
+    StorageContext,
 };
 use chrono::Utc;
 use serde::Serialize;
@@ -65,7 +66,65 @@ pub(crate) struct Inner {
     pub(crate) ctx: StorageContext,
     pub(crate) storage: Arc<dyn SnapshotBackend>,
     pub(crate) catalog: Arc<dyn CatalogBackend>,
+    /// The host's VMM, for live capture of running boxes (None: running boxes are refused).
+    pub(crate) controller: Option<Arc<dyn BoxController>>,
+    /// The guest agent client used to quiesce running boxes.
+    pub(crate) quiescer: Option<Arc<dyn Quiescer>>,
     recovery: RecoveryReport,
+}
+
+/// Builds a [`BoxliteRuntime`] with the host's hooks for running boxes:
+/// `BoxliteRuntime::builder().config(cfg).controller(vmm).quiescer(agent).open().await`.
+///
+/// Without a [`BoxController`], snapshot/export/clone of a `Running` box fail with
+/// [`Error::Unsupported`] ("stop it first"); without a [`Quiescer`], live captures are not
+/// quiesced (they fall back per `SnapshotOptions`, see docs/live-snapshots.md).
+#[derive(Default)]
+pub struct RuntimeBuilder {
+    config: Option<Config>,
+    controller: Option<Arc<dyn BoxController>>,
+    quiescer: Option<Arc<dyn Quiescer>>,
+}
+
+impl std::fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("config", &self.config)
+            .field("controller", &self.controller.is_some())
+            .field("quiescer", &self.quiescer.is_some())
+            .finish()
+    }
+}
+
+impl RuntimeBuilder {
+    /// Use `config` (default: the process environment, as [`BoxliteRuntime::open_default`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The host's VMM controller, used for live capture and `start_after_clone`.
+    pub fn controller(mut self, controller: Arc<dyn BoxController>) -> Self {
+        self.controller = Some(controller);
+        self
+    }
+
+    /// The guest quiescer (e.g. `boxlite_guest::AgentQuiescer`).
+    pub fn quiescer(mut self, quiescer: Arc<dyn Quiescer>) -> Self {
+        self.quiescer = Some(quiescer);
+        self
+    }
+
+    /// Open the home and run recovery.
+    ///
+    /// Errors: as [`BoxliteRuntime::open`], plus config loading errors when no config was given.
+    pub async fn open(self) -> Result<BoxliteRuntime> {
+        let config = match self.config {
+            Some(c) => c,
+            None => Config::load(&ConfigSources::from_process())?,
+        };
+        BoxliteRuntime::open_with(config, OpenMode::Normal, self.controller, self.quiescer).await
+    }
 }
 
 impl std::fmt::Debug for BoxliteRuntime {
@@ -93,7 +152,12 @@ impl BoxliteRuntime {
     /// backend or catalog, or a home with unsafe permissions; [`Error::Unsupported`] when the
     /// storage backend's probe fails on this filesystem; catalog and I/O errors.
     pub async fn open(config: Config) -> Result<Self> {
-        Self::open_with(config, OpenMode::Normal).await
+        Self::open_with(config, OpenMode::Normal, None, None).await
+    }
+
+    /// A builder, to give the runtime the host's [`BoxController`] and [`Quiescer`].
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
     }
 
     /// Open an EXISTING home for inspection (`boxlite doctor`): no home is created and no
@@ -108,10 +172,15 @@ impl BoxliteRuntime {
                 detail: "no BoxLite home here (no home.toml); check --home / BOXLITE_HOME".into(),
             });
         }
-        Self::open_with(config, OpenMode::Inspect).await
+        Self::open_with(config, OpenMode::Inspect, None, None).await
     }
 
-    async fn open_with(config: Config, mode: OpenMode) -> Result<Self> {
+    async fn open_with(
+        config: Config,
+        mode: OpenMode,
+        controller: Option<Arc<dyn BoxController>>,
+        quiescer: Option<Arc<dyn Quiescer>>,
+    ) -> Result<Self> {
         config.validate_plugins()?;
         let home = Home::new(config.home.clone());
         create_private_dir(&home.root)?;
@@ -165,6 +234,8 @@ impl BoxliteRuntime {
             ctx,
             storage,
             catalog,
+            controller,
+            quiescer,
             recovery: RecoveryReport::default(),
         };
         if mode == OpenMode::Normal {
@@ -380,6 +451,16 @@ pub(crate) struct Op {
     operation: String,
     held: Option<(BoxId, BoxStatus, BoxStatus)>,
     _gc: GcGuard,
+}
+
+impl Op {
+    /// The status the box returns to when the operation ends (its status before it began,
+    /// unless changed with [`Op::return_to`]).
+    pub(crate) fn return_to(&mut self, status: BoxStatus) {
+        if let Some((_, _, prior)) = &mut self.held {
+            *prior = status;
+        }
+    }
 }
 
 impl Inner {

@@ -297,7 +297,12 @@ impl AgentProcess {
             .tempdir()
             .expect("tempdir");
         let sock = dir.path().join("agent.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_boxlite-guest-agent"));
+        // Defined only when this module is built for boxlite-guest's own tests (the sdk's live
+        // tests include this module for the loop-mount helpers and use in-process agents).
+        let Some(bin) = option_env!("CARGO_BIN_EXE_boxlite-guest-agent") else {
+            panic!("AgentProcess is only available in boxlite-guest's tests");
+        };
+        let mut cmd = Command::new(bin);
         cmd.arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .arg("--default-timeout")

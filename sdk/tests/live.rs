@@ -1,0 +1,517 @@
+//! Live capture of running boxes (issue 7, DESIGN.md section 6 "Running boxes", case A08):
+//! snapshot / export / clone of a box whose stand-in VMM process keeps writing through the
+//! qcow2 layer, with the host's `BoxController` driving pause/resume/reopen/stop/start and the
+//! real guest agent (in-process, real FIFREEZE on a loop-mounted ext4) as the `Quiescer`.
+//!
+//! The invariant checked everywhere: a capture contains exactly the writes the VMM had
+//! acknowledged when it was paused (or stopped), and none after.
+
+mod common;
+#[path = "../../guest/tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod guest_common;
+#[path = "live/standin.rs"]
+mod standin;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boxlite::api::{
+    BoxStatus, CloneOptions, Error, ExportOptions, LiveBox, Quiescer, SnapshotOptions,
+};
+use boxlite::{BoxliteRuntime, Config, ConfigSources, LiteBox};
+use boxlite_guest::AgentQuiescer;
+use standin::{assert_region, Event, Standin};
+
+/// Entry point of the stand-in VMM child process (see `live/standin.rs`). Run without
+/// `BOXLITE_STANDIN_VMM` (as every test run does) it returns at once: it is not a test.
+#[test]
+fn standin_vmm_entry() {
+    if let Ok(ctl) = std::env::var("BOXLITE_STANDIN_VMM") {
+        standin::vmm_main(Path::new(&ctl));
+    }
+}
+
+fn no_quiesce() -> SnapshotOptions {
+    let mut o = SnapshotOptions::default();
+    o.quiesce(false);
+    o
+}
+
+struct Host {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    rt: BoxliteRuntime,
+    vmm: Arc<Standin>,
+}
+
+async fn open(
+    home: &Path,
+    storage: &str,
+    vmm: &Arc<Standin>,
+    q: Option<Arc<dyn Quiescer>>,
+) -> BoxliteRuntime {
+    let sources = ConfigSources {
+        home: Some(home.to_path_buf()),
+        storage: Some(storage.to_owned()),
+        ..Default::default()
+    };
+    let mut b = BoxliteRuntime::builder()
+        .config(Config::load(&sources).unwrap())
+        .controller(vmm.clone());
+    if let Some(q) = q {
+        b = b.quiescer(q);
+    }
+    b.open().await.unwrap()
+}
+
+async fn host(storage: &str, q: Option<Arc<dyn Quiescer>>) -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let vmm = Standin::new();
+    let rt = open(&home, storage, &vmm, q).await;
+    Host {
+        _dir: dir,
+        home,
+        rt,
+        vmm,
+    }
+}
+
+impl Host {
+    /// Create box `name` and boot its stand-in VMM (the host's start sequence: VMM, then
+    /// `LiteBox::start` to record it Running).
+    async fn running_box(&self, name: &str) -> LiteBox {
+        let b = self
+            .rt
+            .create(common::make_images(self._dir.path()), name)
+            .await
+            .unwrap();
+        let info = b.info().await.unwrap();
+        boxlite::api::BoxController::start(
+            &*self.vmm,
+            &LiveBox {
+                id: info.id.clone(),
+                name: name.to_owned(),
+                disks: info.disks,
+            },
+        )
+        .await
+        .unwrap();
+        b.start().await.unwrap();
+        self.vmm.wait_for(b.id(), 50);
+        b
+    }
+
+    /// `boxlite doctor` finds nothing; for qcow2 also: every stored layer passes `qemu-img
+    /// check` and the store holds exactly the referenced files.
+    async fn consistent(&self, step: &str) {
+        let report = self.rt.doctor(false).await.unwrap();
+        assert!(report.problems.is_empty(), "{step}: {:?}", report.problems);
+        if self.rt.storage_name() == "qcow2" {
+            common::assert_store_consistent(&self.rt, &self.home, step).await;
+        }
+    }
+
+    /// Stop the box's VMM (flushing) and record it Stopped; returns the final write count.
+    async fn shutdown(&self, b: &LiteBox) -> u64 {
+        let info = b.info().await.unwrap();
+        boxlite::api::BoxController::stop(
+            &*self.vmm,
+            &LiveBox {
+                id: info.id.clone(),
+                name: b.name().to_owned(),
+                disks: info.disks,
+            },
+        )
+        .await
+        .unwrap();
+        b.stop().await.unwrap();
+        match self.vmm.events(b.id()).last() {
+            Some(Event::Stopped(n)) => *n,
+            other => panic!("expected a stop event, got {other:?}"),
+        }
+    }
+}
+
+/// The write count at the most recent pause or stop of box `b`.
+fn last_halt(vmm: &Standin, b: &LiteBox) -> u64 {
+    vmm.events(b.id())
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Paused(n) | Event::Stopped(n) => Some(*n),
+            _ => None,
+        })
+        .expect("the box was never paused or stopped")
+}
+
+async fn live_snapshots_hold_exactly_the_acknowledged_writes(storage: &str) {
+    if !common::have_qemu() {
+        return;
+    }
+    let h = host(storage, None).await;
+    let b = h.running_box("web").await;
+    let mut taken = Vec::new();
+    for k in 0..5u64 {
+        h.vmm.wait_for(b.id(), 100 * (k + 1) + 50);
+        let name = format!("v{k}");
+        let info = b.snapshot().create(&name, &no_quiesce()).await.unwrap();
+        let report = info
+            .capture
+            .clone()
+            .expect("a running box's capture report");
+        assert!(!report.quiesced && !report.stopped, "{report:?}");
+        assert!(report.freeze_window.is_none());
+        assert!(report.warnings.is_empty(), "{report:?}");
+        let acked = last_halt(&h.vmm, &b);
+        taken.push((name, acked));
+        assert_eq!(b.info().await.unwrap().status, BoxStatus::Running);
+        // The guest runs on after the capture (on the box's new live disks).
+        h.vmm.wait_for(b.id(), acked + 20);
+    }
+    // Every snapshot: exactly the writes acknowledged at its pause, none after, even though
+    // the VM kept writing to the box for the later snapshots.
+    for (name, acked) in &taken {
+        let disks = b.snapshot().disks(name).await.unwrap();
+        assert_region(&disks.container, *acked, &format!("snapshot {name}"));
+        assert!(b
+            .snapshot()
+            .get(name)
+            .await
+            .unwrap()
+            .unwrap()
+            .capture
+            .is_none());
+    }
+    let events = h.vmm.events(b.id());
+    let reopens = events
+        .iter()
+        .filter(|e| matches!(e, Event::Reopened(_)))
+        .count();
+    if storage == "qcow2" {
+        assert_eq!(
+            reopens, 5,
+            "qcow2 seals and reopens at every capture: {events:?}"
+        );
+    } else {
+        assert_eq!(reopens, 0, "{storage} keeps the live files: {events:?}");
+    }
+    let fin = h.shutdown(&b).await;
+    let live = b.info().await.unwrap().disks;
+    assert_region(&live.container, fin, "live disk after stop");
+    // A restore of a live snapshot gives back exactly its writes.
+    b.snapshot().restore("v2").await.unwrap();
+    assert_region(
+        &b.info().await.unwrap().disks.container,
+        taken[2].1,
+        "restored v2",
+    );
+    h.consistent("after live snapshots").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qcow2_live_snapshots_hold_exactly_the_acknowledged_writes() {
+    live_snapshots_hold_exactly_the_acknowledged_writes("qcow2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_live_snapshots_hold_exactly_the_acknowledged_writes() {
+    live_snapshots_hold_exactly_the_acknowledged_writes("copy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_export_streams_the_captured_state_and_the_guest_runs_on() {
+    if !common::have_qemu() {
+        return;
+    }
+    let h = host("qcow2", None).await;
+    let b = h.running_box("web").await;
+    h.vmm.wait_for(b.id(), 300);
+    let mut opts = ExportOptions::default();
+    opts.live(no_quiesce());
+    let archive = b.export(h._dir.path(), &opts).await.unwrap();
+    let acked = last_halt(&h.vmm, &b);
+    let report = b.last_capture().expect("report of the live export");
+    assert!(!report.stopped && report.warnings.is_empty(), "{report:?}");
+    assert_eq!(b.info().await.unwrap().status, BoxStatus::Running);
+    h.vmm.wait_for(b.id(), acked + 50);
+    let imported = h.rt.import(&archive, "copy-of-web").await.unwrap();
+    assert_region(
+        &imported.info().await.unwrap().disks.container,
+        acked,
+        "imported live export",
+    );
+    let fin = h.shutdown(&b).await;
+    assert!(fin > acked + 50);
+    assert_region(&b.info().await.unwrap().disks.container, fin, "live disk");
+    h.consistent("after live export").await;
+}
+
+async fn live_clone(storage: &str) {
+    if !common::have_qemu() {
+        return;
+    }
+    let h = host(storage, None).await;
+    let b = h.running_box("web").await;
+    h.vmm.wait_for(b.id(), 300);
+    let mut opts = CloneOptions::default();
+    opts.live(no_quiesce());
+    let clones = b.clone_many(&["c1", "c2"], &opts).await.unwrap();
+    let acked = last_halt(&h.vmm, &b);
+    assert_eq!(b.info().await.unwrap().status, BoxStatus::Running);
+    for c in &clones {
+        let info = c.info().await.unwrap();
+        assert_eq!(info.status, BoxStatus::Stopped);
+        assert_region(&info.disks.container, acked, "live clone");
+    }
+    // start_after_clone boots the clone through the controller and records it Running.
+    opts.start_after_clone(true);
+    let started = b.clone("c3", &opts).await.unwrap();
+    assert_eq!(started.info().await.unwrap().status, BoxStatus::Running);
+    assert!(h.vmm.running(started.id()));
+    h.vmm.wait_for(started.id(), 20);
+    h.shutdown(&started).await;
+    let fin = h.shutdown(&b).await;
+    assert_region(
+        &b.info().await.unwrap().disks.container,
+        fin,
+        "source live disk",
+    );
+    h.consistent("after live clones").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qcow2_live_clone_holds_the_acknowledged_writes() {
+    live_clone("qcow2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_live_clone_holds_the_acknowledged_writes() {
+    live_clone("copy").await;
+}
+
+// ------------------------------------------------------------- quiescing
+
+/// A guest agent that accepts connections and never answers: a freeze that blocks (A08 c).
+struct StuckAgent {
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl StuckAgent {
+    fn start() -> StuckAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("stuck.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => held.push(c),
+                    Err(_) => return,
+                }
+            }
+        });
+        StuckAgent {
+            sock,
+            _dir: dir,
+            _thread: thread,
+        }
+    }
+}
+
+fn quiescer_at(sock: PathBuf) -> Arc<dyn Quiescer> {
+    Arc::new(AgentQuiescer::new(move |_b: &LiveBox| sock.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiesce_failure_without_stop_fallback_changes_nothing() {
+    if !common::have_qemu() {
+        return;
+    }
+    // No agent listens at this path: the freeze fails at once.
+    let gone = tempfile::tempdir().unwrap().path().join("no-agent.sock");
+    let h = host("qcow2", Some(quiescer_at(gone))).await;
+    let b = h.running_box("web").await;
+    let before = b.info().await.unwrap();
+    let mut opts = SnapshotOptions::default();
+    opts.stop_on_quiesce_fail(false);
+    let err = b.snapshot().create("v1", &opts).await.unwrap_err();
+    assert!(
+        matches!(err, Error::QuiesceFailed { ref box_name, .. } if box_name == "web"),
+        "{err}"
+    );
+    let mut eopts = ExportOptions::default();
+    eopts.live(opts.clone());
+    let err = b.export(h._dir.path(), &eopts).await.unwrap_err();
+    assert!(matches!(err, Error::QuiesceFailed { .. }), "{err}");
+    let mut copts = CloneOptions::default();
+    copts.live(opts.clone());
+    let err = b.clone("c", &copts).await.unwrap_err();
+    assert!(matches!(err, Error::QuiesceFailed { .. }), "{err}");
+    // Nothing changed: no snapshot, no clone, no archive, same disks, still running, and the
+    // VM was never paused.
+    assert!(b.snapshot().list().await.unwrap().is_empty());
+    assert!(h.rt.get("c").await.unwrap().is_none());
+    assert!(!h._dir.path().join("web.boxsnap").exists());
+    assert_eq!(b.info().await.unwrap(), before);
+    assert!(h
+        .vmm
+        .events(b.id())
+        .iter()
+        .all(|e| matches!(e, Event::Started(_))));
+    h.shutdown(&b).await;
+    h.consistent("after refused live captures").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeze_blocking_past_the_timeout_stops_captures_and_restarts() {
+    if !common::have_qemu() {
+        return;
+    }
+    // A08 (c): the freeze does not answer within quiesce_timeout_secs.
+    let stuck = StuckAgent::start();
+    let h = host("qcow2", Some(quiescer_at(stuck.sock.clone()))).await;
+    let b = h.running_box("web").await;
+    let mut opts = SnapshotOptions::default();
+    opts.quiesce_timeout_secs(1).stop_on_quiesce_fail(false);
+    let t = Instant::now();
+    let err = b.snapshot().create("v1", &opts).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(
+        matches!(err, Error::QuiesceFailed { ref reason, .. } if reason.contains("1 s")),
+        "{err}"
+    );
+    assert!(b.snapshot().list().await.unwrap().is_empty());
+
+    // With the fallback: stop, capture, start again, and say so.
+    opts.stop_on_quiesce_fail(true);
+    let info = b.snapshot().create("v1", &opts).await.unwrap();
+    let report = info.capture.expect("report");
+    assert!(
+        report.stopped && report.restarted && !report.quiesced,
+        "{report:?}"
+    );
+    assert!(
+        report
+            .quiesce_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("1 s"),
+        "{report:?}"
+    );
+    let stopped_at = last_halt(&h.vmm, &b);
+    let events = h.vmm.events(b.id());
+    let n = events.len();
+    assert!(matches!(events[n - 2], Event::Stopped(_)), "{events:?}");
+    // Restarted on the box's new live disks (qcow2: a fresh overlay on the sealed layer).
+    let live = b.info().await.unwrap();
+    assert_eq!(events[n - 1], Event::Started(live.disks.clone()));
+    assert_eq!(live.status, BoxStatus::Running);
+    let disks = b.snapshot().disks("v1").await.unwrap();
+    assert_region(&disks.container, stopped_at, "snapshot taken stopped");
+    h.vmm.wait_for(b.id(), stopped_at + 30);
+    let fin = h.shutdown(&b).await;
+    assert_region(
+        &b.info().await.unwrap().disks.container,
+        fin,
+        "live after restart",
+    );
+
+    // If the restart fails, the box is recorded Stopped and the report says so.
+    let b2 = h.running_box("web2").await;
+    h.vmm.fail_next("start");
+    let info = b2.snapshot().create("v1", &opts).await.unwrap();
+    let report = info.capture.expect("report");
+    assert!(report.stopped && !report.restarted, "{report:?}");
+    assert!(
+        report.warnings.iter().any(|w| w.contains("start")),
+        "{report:?}"
+    );
+    assert_eq!(b2.info().await.unwrap().status, BoxStatus::Stopped);
+    assert!(!h.vmm.running(b2.id()));
+    h.consistent("after stop fallback").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_failures_roll_back_and_the_guest_runs_on() {
+    if !common::have_qemu() {
+        return;
+    }
+    let h = host("qcow2", None).await;
+    let b = h.running_box("web").await;
+    let before = b.info().await.unwrap();
+    for action in ["pause", "reopen"] {
+        h.vmm.fail_next(action);
+        let err = b.snapshot().create("v1", &no_quiesce()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Vmm { action: ref a, .. } if a == action),
+            "{action}: {err}"
+        );
+        assert!(b.snapshot().list().await.unwrap().is_empty());
+        assert_eq!(b.info().await.unwrap(), before, "{action}");
+        // Resumed on its previous disks and still writing to them.
+        let n = h.vmm.count(b.id());
+        h.vmm.wait_for(b.id(), n + 20);
+    }
+    let events = h.vmm.events(b.id());
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Reopened(_))),
+        "a failed reopen must leave the VM on its disks: {events:?}"
+    );
+    // A failed resume after a good capture: the snapshot stands, the report warns.
+    h.vmm.fail_next("resume");
+    let info = b.snapshot().create("v1", &no_quiesce()).await.unwrap();
+    let report = info.capture.unwrap();
+    assert!(
+        report.warnings.iter().any(|w| w.contains("resume")),
+        "{report:?}"
+    );
+    let acked = last_halt(&h.vmm, &b);
+    assert_region(
+        &b.snapshot().disks("v1").await.unwrap().container,
+        acked,
+        "v1",
+    );
+    boxlite::api::BoxController::resume(
+        &*h.vmm,
+        &LiveBox {
+            id: b.id().clone(),
+            name: "web".into(),
+            disks: b.info().await.unwrap().disks,
+        },
+    )
+    .await
+    .unwrap();
+    let fin = h.shutdown(&b).await;
+    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    h.consistent("after controller failures").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_box_without_a_controller_is_refused_with_advice() {
+    if !common::have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rt = common::open_runtime(&dir.path().join("home")).await;
+    let b = rt
+        .create(common::make_images(dir.path()), "web")
+        .await
+        .unwrap();
+    b.start().await.unwrap();
+    let err = b
+        .snapshot()
+        .create("v1", &SnapshotOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("controller"), "{err}");
+    let mut bad = SnapshotOptions::default();
+    bad.quiesce_timeout_secs(0);
+    assert!(b.snapshot().create("v1", &bad).await.is_err());
+    assert_eq!(b.info().await.unwrap().status, BoxStatus::Running);
+}
