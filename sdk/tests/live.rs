@@ -515,3 +515,276 @@ async fn running_box_without_a_controller_is_refused_with_advice() {
     assert!(b.snapshot().create("v1", &bad).await.is_err());
     assert_eq!(b.info().await.unwrap().status, BoxStatus::Running);
 }
+
+// ------------------------------------------------- the real guest agent (loop-mounted ext4)
+
+/// True when `mnt` is frozen right now: FIFREEZE answers EBUSY on a frozen filesystem (if it
+/// succeeds instead, the filesystem was not frozen and is thawed again at once).
+fn is_frozen(mnt: &Path) -> bool {
+    let f = boxlite_guest::mounts::open_mount(mnt).expect("open mount");
+    match boxlite_guest::mounts::fifreeze(&f) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => true,
+        Err(e) => panic!("FIFREEZE probe on {}: {e}", mnt.display()),
+        Ok(()) => {
+            boxlite_guest::mounts::fithaw(&f).expect("thaw after probe");
+            false
+        }
+    }
+}
+
+/// A loop-mounted ext4 standing in for the guest's filesystem, its in-process agent (allowed
+/// to freeze only that mount), and a quiescer for it. None (after a loud skip) without root.
+struct Guest {
+    fs: guest_common::LoopFs,
+    agent: guest_common::InProcess,
+    _serial: guest_common::Serial,
+}
+
+impl Guest {
+    fn start() -> Option<Guest> {
+        if !guest_common::can_mount("ext4") {
+            return None;
+        }
+        let serial = guest_common::serial();
+        let fs = guest_common::LoopFs::new("ext4", None);
+        let agent = guest_common::InProcess::start(boxlite_guest::Config {
+            only: vec![fs.mnt.clone()],
+            default_timeout_secs: 30,
+        });
+        Some(Guest {
+            fs,
+            agent,
+            _serial: serial,
+        })
+    }
+
+    fn quiescer(&self) -> Arc<dyn Quiescer> {
+        let sock = self.agent.sock.clone();
+        Arc::new(
+            AgentQuiescer::new(move |_b: &LiveBox| sock.clone())
+                .with_mounts(vec![self.fs.mnt.clone()]),
+        )
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiesced_live_snapshots_freeze_the_guest_only_around_the_pause() {
+    if !common::have_qemu() {
+        return;
+    }
+    let Some(guest) = Guest::start() else { return };
+    let h = host("qcow2", Some(guest.quiescer())).await;
+    let frozen_at_pause = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let seen = frozen_at_pause.clone();
+        let mnt = guest.fs.mnt.clone();
+        h.vmm
+            .on_pause(move || seen.lock().unwrap().push(is_frozen(&mnt)));
+    }
+    let b = h.running_box("web").await;
+    // Dirty data in the guest's page cache for the freeze's sync to write out.
+    std::fs::write(guest.fs.mnt.join("app.log"), vec![7u8; 1 << 20]).unwrap();
+    let runs: usize = std::env::var("BOXLITE_LIVE_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let (mut freeze, mut pause) = (Vec::new(), Vec::new());
+    for k in 0..runs {
+        let n = h.vmm.count(b.id());
+        h.vmm.wait_for(b.id(), n + 10);
+        let name = format!("s{k}");
+        let info = b
+            .snapshot()
+            .create(&name, &SnapshotOptions::default())
+            .await
+            .unwrap();
+        let report = info.capture.expect("report");
+        assert!(report.quiesced && !report.stopped, "{report:?}");
+        assert_eq!(report.frozen_mounts, vec![guest.fs.mnt.clone()]);
+        assert!(report.warnings.is_empty(), "{report:?}");
+        // Thawed when create returns.
+        assert!(
+            !is_frozen(&guest.fs.mnt),
+            "left frozen after snapshot {name}"
+        );
+        let acked = last_halt(&h.vmm, &b);
+        assert_region(
+            &b.snapshot().disks(&name).await.unwrap().container,
+            acked,
+            &name,
+        );
+        freeze.push(report.freeze_window.expect("freeze window"));
+        pause.push(report.pause_window);
+    }
+    assert_eq!(
+        *frozen_at_pause.lock().unwrap(),
+        vec![true; runs],
+        "frozen at every pause"
+    );
+    freeze.sort();
+    pause.sort();
+    eprintln!(
+        "LIVE SNAPSHOT (qcow2, ext4 guest fs, {runs} runs): freeze window p50 {:?} p99 {:?} max {:?}; \
+         pause window p50 {:?} p99 {:?}",
+        percentile(&freeze, 0.5),
+        percentile(&freeze, 0.99),
+        freeze[freeze.len() - 1],
+        percentile(&pause, 0.5),
+        percentile(&pause, 0.99),
+    );
+    let fin = h.shutdown(&b).await;
+    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    h.consistent("after quiesced live snapshots").await;
+}
+
+/// A08 (b): the capture fails after the freeze (here: after the VM was already reopened on
+/// the new overlay). The guest is thawed, the VM is back on its previous disks and running,
+/// nothing is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_failure_after_freeze_thaws_resumes_and_changes_nothing() {
+    if !common::have_qemu() {
+        return;
+    }
+    let Some(guest) = Guest::start() else { return };
+    std::env::set_var(boxlite::api::failpoint::ENV, "live.after_reopen=error");
+    let h = host("qcow2", Some(guest.quiescer())).await;
+    let b = h.running_box("web").await;
+    let before = b.info().await.unwrap();
+    let err = b
+        .snapshot()
+        .create("v1", &SnapshotOptions::default())
+        .await
+        .unwrap_err();
+    assert!(boxlite::api::failpoint::is_injected(&err), "{err}");
+    std::env::remove_var(boxlite::api::failpoint::ENV);
+    assert!(
+        !is_frozen(&guest.fs.mnt),
+        "the guest must be thawed after a failed capture"
+    );
+    assert!(guest_common::writable_within(
+        &guest.fs.mnt,
+        Duration::from_secs(5)
+    ));
+    assert!(b.snapshot().list().await.unwrap().is_empty());
+    assert_eq!(b.info().await.unwrap(), before);
+    let events = h.vmm.events(b.id());
+    let reopened: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Reopened(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reopened.len(),
+        2,
+        "reopened on the new overlay, then back: {events:?}"
+    );
+    assert_eq!(reopened[1], before.disks);
+    assert!(
+        matches!(events.last(), Some(Event::Resumed(_))),
+        "{events:?}"
+    );
+    // The VM writes to its original disk again, and a retry works.
+    let n = h.vmm.count(b.id());
+    h.vmm.wait_for(b.id(), n + 20);
+    b.snapshot()
+        .create("v1", &SnapshotOptions::default())
+        .await
+        .unwrap();
+    let acked = last_halt(&h.vmm, &b);
+    assert_region(
+        &b.snapshot().disks("v1").await.unwrap().container,
+        acked,
+        "retry",
+    );
+    let fin = h.shutdown(&b).await;
+    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    h.consistent("after a failed live capture").await;
+}
+
+/// Entry point of the host process killed in A08 (a). Returns at once in normal test runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_host_entry() {
+    let Ok(spec) = std::env::var("BOXLITE_LIVE_KILLED_HOST") else {
+        return;
+    };
+    let mut parts = spec.split('\n');
+    let (home, sock, mnt) = (
+        PathBuf::from(parts.next().unwrap()),
+        PathBuf::from(parts.next().unwrap()),
+        PathBuf::from(parts.next().unwrap()),
+    );
+    let vmm = Standin::new();
+    let q: Arc<dyn Quiescer> =
+        Arc::new(AgentQuiescer::new(move |_b: &LiveBox| sock.clone()).with_mounts(vec![mnt]));
+    let rt = open(&home, "qcow2", &vmm, Some(q)).await;
+    let h = Host {
+        _dir: tempfile::tempdir().unwrap(),
+        home,
+        rt,
+        vmm,
+    };
+    let b = h.running_box("web").await;
+    // BOXLITE_FAILPOINT=live.after_freeze aborts this process with the guest frozen.
+    let _ = b.snapshot().create("v1", &SnapshotOptions::default()).await;
+    panic!("the failpoint should have aborted the process");
+}
+
+/// A08 (a): the host process dies right after the freeze. The agent thaws (the freezing
+/// connection is gone; its watchdog would otherwise), and reopening the home rolls the
+/// operation back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_killed_after_freeze_leaves_the_guest_thawed_and_recovery_rolls_back() {
+    if !common::have_qemu() {
+        return;
+    }
+    let Some(guest) = Guest::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "killed_host_entry", "--nocapture"])
+        .env(
+            "BOXLITE_LIVE_KILLED_HOST",
+            format!(
+                "{}\n{}\n{}",
+                home.display(),
+                guest.agent.sock.display(),
+                guest.fs.mnt.display()
+            ),
+        )
+        .env(boxlite::api::failpoint::ENV, "live.after_freeze=abort")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("failpoint live.after_freeze: aborting"),
+        "the host did not die at the failpoint: {}\n{stderr}",
+        out.status
+    );
+    let t = Instant::now();
+    assert!(
+        guest_common::writable_within(&guest.fs.mnt, Duration::from_secs(10)),
+        "the guest filesystem stayed frozen after its host died"
+    );
+    eprintln!("guest writable {:?} after the host died", t.elapsed());
+    let rt = common::open_runtime(&home).await;
+    let report = rt.recovery_report();
+    assert!(
+        report
+            .rolled_back
+            .iter()
+            .any(|r| r.starts_with("snapshot_create")),
+        "{report:?}"
+    );
+    let b = rt.get("web").await.unwrap().unwrap();
+    assert_eq!(b.info().await.unwrap().status, BoxStatus::Running);
+    assert!(b.snapshot().list().await.unwrap().is_empty());
+    assert!(rt.doctor(false).await.unwrap().problems.is_empty());
+    common::assert_store_consistent(&rt, &home, "after a killed live capture").await;
+}

@@ -279,7 +279,12 @@ pub struct Standin {
     carried: Mutex<HashMap<BoxId, u64>>,
     events: Mutex<Vec<(BoxId, Event)>>,
     fail_next: Mutex<HashSet<&'static str>>,
+    /// Run right after every successful pause (tests observe the guest's state there).
+    on_pause: Mutex<Option<PauseHook>>,
 }
+
+/// A test's observer run after each pause.
+pub type PauseHook = Box<dyn Fn() + Send + Sync>;
 
 impl Standin {
     pub fn new() -> Arc<Standin> {
@@ -293,7 +298,13 @@ impl Standin {
             carried: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
             fail_next: Mutex::new(HashSet::new()),
+            on_pause: Mutex::new(None),
         })
+    }
+
+    /// Run `hook` right after every successful pause.
+    pub fn on_pause(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self.on_pause.lock().unwrap() = Some(Box::new(hook));
     }
 
     /// Make the next call of `action` ("pause", "resume", "reopen", "stop", "start") fail.
@@ -368,6 +379,9 @@ impl BoxController for Standin {
         self.injected(b, "pause")?;
         let n = self.call(b, "pause", "pause")?;
         self.event(&b.id, Event::Paused(n));
+        if let Some(hook) = &*self.on_pause.lock().unwrap() {
+            hook();
+        }
         Ok(())
     }
 
