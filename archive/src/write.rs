@@ -343,9 +343,11 @@ pub fn export_to_path_tagged(
     }
     let target = resolve_export_path(dest, stem)?;
     let dir = parent_dir(&target);
+    // Mode 0600 (tempfile's default, stated here because the archive holds whole disks).
     let tmp = tempfile::Builder::new()
         .prefix(&partial_prefix(tag))
         .suffix(".partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .tempfile_in(&dir)
         .map_err(|e| Error::io(&dir, e))?;
     let manifest = {

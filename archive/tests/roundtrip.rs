@@ -94,7 +94,15 @@ fn round_trip_every_codec() {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700, "private staging directory");
+        let file_mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // 0600 comes from the mode given to open(2), not from the umask (usually 022).
+        assert_eq!(file_mode(&exported.path), 0o600, "{name}: exported archive");
         for role in DiskRole::ALL {
+            assert_eq!(
+                file_mode(imported.disks.get(role)),
+                0o600,
+                "{name}: staged {role} disk"
+            );
             assert_eq!(
                 std::fs::read(imported.disks.get(role)).unwrap(),
                 std::fs::read(fx.source(role)).unwrap(),

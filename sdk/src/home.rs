@@ -11,6 +11,10 @@
 //!   locks/gc.lock         shared by every operation that creates files, exclusive for GC
 //!   locks/pid-<pid>.lock  held by each live process that has the home open
 //! ```
+//!
+//! Every directory BoxLite creates in a home is 0700 and every file 0600, with the mode given
+//! at creation (the process umask is not changed); see `docs/SECURITY.md`, "The home and file
+//! modes". [`Home::check_permissions`] checks the home directory itself on every open.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};

@@ -8,6 +8,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use boxlite_api::{Error, Result};
+use boxlite_backend_qcow2::private;
 
 /// Granularity at which the read/write fallback of [`sparse_copy`] detects zero blocks
 /// (the qcow2 default cluster size).
@@ -31,8 +32,9 @@ pub fn partial_name(dest: &Path) -> Result<PathBuf> {
     Ok(dir.join(staged))
 }
 
-/// Create `dest` through its staging name: `write` fills the new, empty staging file (opened
-/// read-write, passed with its path); then the file is fsync'd and renamed onto `dest`.
+/// Create `dest` through its staging name: `write` fills the new, empty staging file (created
+/// with mode 0600, opened read-write, passed with its path); then the file is fsync'd and
+/// renamed onto `dest`.
 /// The directory is *not* fsync'd (callers writing several files fsync it once, see
 /// [`sync_dir`]).
 ///
@@ -42,7 +44,7 @@ pub fn partial_name(dest: &Path) -> Result<PathBuf> {
 /// [`Error::NoSpace`] when the filesystem is full.
 pub fn write_staged(dest: &Path, write: impl FnOnce(&File, &Path) -> Result<()>) -> Result<()> {
     let tmp = partial_name(dest)?;
-    let file = fs::OpenOptions::new()
+    let file = private::file_options()
         .read(true)
         .write(true)
         .create_new(true)
@@ -270,8 +272,8 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
-/// Create `dir` (which must not exist yet) and any missing ancestors, fsyncing the parent of
-/// each directory created so the new entries are durable.
+/// Create `dir` (which must not exist yet) and any missing ancestors, with mode 0700, fsyncing
+/// the parent of each directory created so the new entries are durable.
 ///
 /// Errors: I/O errors with the directory involved; `AlreadyExists` as [`Error::Io`] when
 /// `dir` itself exists.
@@ -286,7 +288,7 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
         cur = p.parent();
     }
     for p in missing.iter().rev() {
-        match fs::create_dir(p) {
+        match private::dir_builder().create(p) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(Error::io(p, e)),
@@ -295,7 +297,9 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
             sync_dir(parent)?;
         }
     }
-    fs::create_dir(dir).map_err(|e| Error::io(dir, e))?;
+    private::dir_builder()
+        .create(dir)
+        .map_err(|e| Error::io(dir, e))?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent)?;
     }
@@ -350,6 +354,25 @@ mod tests {
         .unwrap();
         assert_eq!(fs::read(&src_p).unwrap(), fs::read(&dst_p).unwrap());
         assert!(allocated_bytes(&dst_p).unwrap() < 1 << 20);
+    }
+
+    #[test]
+    fn staged_files_are_0600_and_new_directories_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b/c");
+        create_dir_durable(&sub).unwrap();
+        for d in ["a", "a/b", "a/b/c"] {
+            assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+        }
+        let dest = sub.join("disk.qcow2");
+        write_staged(&dest, |f, p| {
+            assert_eq!(mode(p), 0o600, "the staging file");
+            f.write_all_at(b"data", 0).map_err(|e| Error::io(p, e))
+        })
+        .unwrap();
+        assert_eq!(mode(&dest), 0o600);
     }
 
     #[test]

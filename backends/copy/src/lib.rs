@@ -15,6 +15,9 @@
 //!   snapshots/<ulid>/{guest-rootfs,disk}.qcow2 snapshot disks (ids, never snapshot names)
 //! ```
 //!
+//! Directories are created with mode 0700 and files with mode 0600
+//! ([`boxlite_backend_qcow2::private`]); the process umask is not changed.
+//!
 //! # Crash safety
 //!
 //! Every operation writes a *new* directory: each file is written under a staging name
@@ -92,7 +95,7 @@ impl CopyMethod for SparseCopy {
     fn probe(&self, store: &Path) -> Result<()> {
         // Prove the store is writable: create and remove a file.
         let probe = store.join(format!(".probe-{}", ulid::Ulid::new()));
-        fs::OpenOptions::new()
+        boxlite_backend_qcow2::private::file_options()
             .write(true)
             .create_new(true)
             .open(&probe)
@@ -520,7 +523,10 @@ impl<M: CopyMethod> SnapshotBackend for FileStore<M> {
         let method = self.method.clone();
         let store = ctx.store.clone();
         blocking(move || {
-            fs::create_dir_all(&store).map_err(|e| Error::io(&store, e))?;
+            boxlite_backend_qcow2::private::dir_builder()
+                .recursive(true)
+                .create(&store)
+                .map_err(|e| Error::io(&store, e))?;
             method.probe(&store)
         })
         .await

@@ -19,6 +19,7 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -132,11 +133,13 @@ impl CopyMethod for Ficlone {
     }
 }
 
+/// Create the new file `path` read-write, mode 0600 (like every file in a home).
 fn create_new(path: &Path) -> Result<File> {
     fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| Error::io(path, e))
 }

@@ -154,6 +154,7 @@ impl Drop for Inner {
 impl RedbCatalog {
     /// Open (creating if missing) the catalog file `settings.file` in `home` and run pending
     /// migrations in one write transaction. A file already open in this process is shared.
+    /// A missing file is created with mode 0600; an existing file keeps its mode.
     ///
     /// Errors: [`Error::Config`] for bad settings; [`Error::Catalog`] when `home` is not an
     /// existing directory (the runtime creates the home, not the catalog), when another process
@@ -272,11 +273,23 @@ fn check_home(home: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Open or create the file and bring its schema up to date.
+/// Open or create the file (a new file gets mode 0600, not 0666 minus the umask) and bring its
+/// schema up to date.
 fn open_database(path: &Path) -> Result<Database> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // What `redb::Builder::create` does, plus the mode of a new file (redb would use 0666
+    // minus the umask). redb locks the file with flock, per open file description.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| db_error(path, "opening the catalog", e))?;
     let db = redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
-        .create(path)
+        .create_file(file)
         .map_err(|e| db_error(path, "opening the catalog", e))?;
     migrate(&db, path)?;
     Ok(db)

@@ -758,3 +758,20 @@ fn catalog_works_without_a_tokio_runtime_in_the_calling_thread() {
     };
     assert_eq!(got.map(|g| g.id), Some(id));
 }
+
+/// A new catalog file is 0600 (not 0666 minus the umask); an existing file keeps its mode.
+#[test]
+fn new_database_file_is_0600_an_existing_file_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let h = home();
+    let cat = RedbCatalog::open_default(h.path()).unwrap();
+    rt().block_on(cat.apply(vec![CatalogOp::InsertBox(new_box(Some("web")))]))
+        .unwrap();
+    assert_eq!(mode(&db(h.path())), 0o600);
+    drop(cat);
+    std::fs::set_permissions(db(h.path()), PermissionsExt::from_mode(0o640)).unwrap();
+    let cat = RedbCatalog::open_default(h.path()).unwrap();
+    assert_eq!(rt().block_on(cat.list_boxes()).unwrap().len(), 1);
+    assert_eq!(mode(&db(h.path())), 0o640);
+}

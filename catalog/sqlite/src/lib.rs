@@ -139,6 +139,10 @@ impl SqliteCatalog {
     /// Open (creating if missing) the catalog file `settings.file` in `home`, switch it to WAL
     /// and run pending migrations in one transaction.
     ///
+    /// A missing file is created with mode 0600 before SQLite opens it, so the database and its
+    /// `-wal` and `-shm` files (SQLite gives them the database file's mode) are 0600 whatever
+    /// the process umask; an existing file keeps its mode.
+    ///
     /// Errors: [`Error::Config`] for bad settings; [`Error::Catalog`] when `home` is not an
     /// existing directory (the runtime creates the home, not the catalog), when the file cannot
     /// be opened or switched to WAL, or when its schema version is newer than
@@ -170,6 +174,7 @@ impl SqliteCatalog {
             Err(e) => return Err(Error::io(home, e)),
         }
         let path = home.join(&settings.file);
+        create_private_file(&path);
         let mut writer = open_connection(&path, settings.busy_timeout_ms, true)?;
         migrate(&mut writer, &path, settings.busy_timeout_ms)?;
         Ok(SqliteCatalog {
@@ -288,6 +293,57 @@ impl BusyTimeout for u64 {
     fn busy_timeout_ms(&self) -> u64 {
         *self
     }
+}
+
+/// Create the database file `path`, empty and with mode 0600, unless something exists there.
+///
+/// SQLite creates a missing database with mode 0644 under the usual umask, and gives the
+/// `-wal`, `-shm` and rollback-journal files it creates later the mode of the database file;
+/// an empty file is an empty database to SQLite. So putting an empty 0600 file in place first
+/// makes all of them 0600 before any byte is written, without touching the process umask.
+///
+/// The file is made under a temporary name (`O_CREAT|O_EXCL`, mode 0600), closed, and then
+/// hard-linked to `path`, which fails if anything is there already (O_EXCL semantics: a
+/// concurrent opener's file is never replaced). Opening and closing a descriptor of `path`
+/// itself would be racy in a subtle way: closing any descriptor of a file drops every POSIX
+/// lock this process holds on it, including those of a SQLite connection that opened the new
+/// file in between; the temporary file is not reachable at `path` until it is closed. Only on a
+/// filesystem without hard links is `path` created with `O_CREAT|O_EXCL` directly. A crash
+/// between the link and the removal of the temporary name leaves that empty 0600 file behind.
+///
+/// Failures are left to SQLite's own open, which reports them with its usual message.
+fn create_private_file(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::symlink_metadata(path).is_ok() {
+        return;
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let create = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p)
+            .map(drop)
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".new-{}-{nanos}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    if create(&tmp).is_err() {
+        return;
+    }
+    if let Err(e) = std::fs::hard_link(&tmp, path) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = create(path);
+        }
+    }
+    let _ = std::fs::remove_file(&tmp);
 }
 
 fn open_connection(path: &Path, busy_timeout_ms: u64, writer: bool) -> Result<Connection> {

@@ -702,3 +702,29 @@ fn a05_two_processes_churn_snapshots_while_a_third_lists() {
         commits as f64 / writers_done.as_secs_f64()
     );
 }
+
+/// A new catalog file and its `-wal` and `-shm` files are 0600 (the umask, usually 022, is not
+/// what decides); an existing file keeps its mode and SQLite gives it to `-wal`/`-shm`.
+#[test]
+fn new_database_wal_and_shm_are_0600_an_existing_file_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let h = home();
+    let cat = SqliteCatalog::open_default(h.path()).unwrap();
+    rt().block_on(cat.apply(vec![CatalogOp::InsertBox(new_box(Some("web")))]))
+        .unwrap();
+    for f in ["boxlite.db", "boxlite.db-wal", "boxlite.db-shm"] {
+        assert_eq!(mode(&h.path().join(f)), 0o600, "{f}");
+    }
+    drop(cat);
+
+    let h = home();
+    std::fs::write(db(h.path()), b"").unwrap();
+    std::fs::set_permissions(db(h.path()), PermissionsExt::from_mode(0o640)).unwrap();
+    let cat = SqliteCatalog::open_default(h.path()).unwrap();
+    rt().block_on(cat.apply(vec![CatalogOp::InsertBox(new_box(Some("web")))]))
+        .unwrap();
+    for f in ["boxlite.db", "boxlite.db-wal", "boxlite.db-shm"] {
+        assert_eq!(mode(&h.path().join(f)), 0o640, "{f}");
+    }
+}

@@ -7,6 +7,8 @@
 //!                          (immutable once anything backs onto them or a snapshot holds them)
 //! ```
 //!
+//! Directories are created with mode 0700 and files with mode 0600 ([`crate::private`]).
+//!
 //! Backing names are always relative (`<ulid>.qcow2` within `layers/`, `../base/<hash>.qcow2`
 //! for a base), so a home can be moved; every chain is opened with the store as its allowed
 //! root, so a backing name can never reach outside the store.
@@ -45,7 +47,10 @@ impl Store {
 
     pub fn ensure_dirs(&self) -> Result<()> {
         for d in [self.base_dir(), self.layers_dir()] {
-            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            crate::private::dir_builder()
+                .recursive(true)
+                .create(&d)
+                .map_err(|e| Error::io(&d, e))?;
         }
         Ok(())
     }
@@ -125,7 +130,8 @@ impl Store {
     }
 }
 
-/// Write the flattened image of `chain` to `dest` through a temporary name, fsync, rename.
+/// Write the flattened image of `chain` to `dest` through a temporary name (mode 0600), fsync,
+/// rename.
 /// Returns the SHA-256 of the written bytes.
 pub(crate) fn write_plan_staged(chain: &Chain, dest: &Path) -> Result<[u8; 32]> {
     let dir = dest
@@ -137,7 +143,7 @@ pub(crate) fn write_plan_staged(chain: &Chain, dest: &Path) -> Result<[u8; 32]> 
     ));
     let result = (|| {
         let plan = FlattenPlan::new(chain)?;
-        let file = fs::OpenOptions::new()
+        let file = crate::private::file_options()
             .write(true)
             .create_new(true)
             .open(&tmp)

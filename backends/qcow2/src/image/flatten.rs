@@ -320,7 +320,8 @@ impl<'a> FlattenPlan<'a> {
 }
 
 /// Flatten `chain` into a new standalone qcow2 file at `dest`: written under
-/// a temporary name in the same directory, fsync'd, renamed onto `dest`
+/// a temporary name in the same directory (created with mode 0600,
+/// [`crate::private::FILE_MODE`]), fsync'd, renamed onto `dest`
 /// (replacing it), then the directory is fsync'd. Returns the file size in
 /// bytes.
 ///
@@ -331,7 +332,7 @@ pub fn flatten_to_file(chain: &Chain, dest: &Path) -> Result<u64> {
     let plan = FlattenPlan::new(chain)?;
     let tmp = staging_name(dest);
     let result = (|| {
-        let f = std::fs::OpenOptions::new()
+        let f = crate::private::file_options()
             .write(true)
             .create_new(true)
             .open(&tmp)

@@ -162,7 +162,8 @@ fn write_new_image(
 /// `backing = (name, format)`: `name` is stored verbatim (a relative name is
 /// resolved against `path`'s directory when opened) and the format in the
 /// backing-format header extension. The backing file is not opened. The
-/// file is fsync'd; the directory is not (callers that created it under a
+/// file is created with mode 0600 ([`crate::private::FILE_MODE`]) and
+/// fsync'd; the directory is not (callers that created it under a
 /// staging name fsync the directory after their rename, or use
 /// [`create_overlay_staged`]).
 ///
@@ -184,7 +185,7 @@ pub fn create_overlay(
     if let Some((name, _)) = backing {
         check_backing_name(path, name)?;
     }
-    let file = std::fs::OpenOptions::new()
+    let file = crate::private::file_options()
         .write(true)
         .create_new(true)
         .open(path)

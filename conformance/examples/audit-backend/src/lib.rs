@@ -14,6 +14,7 @@
 //! time, so any storage backend linked into the host can be audited.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -69,9 +70,11 @@ impl AuditBackend {
     fn record(&self, op: &str, box_id: Option<&BoxId>) -> Result<()> {
         let mut guard = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
+            // Like every file in a home: owner-only, whatever the umask.
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&self.log_path)
                 .map_err(|e| Error::io(&self.log_path, e))?;
             *guard = Some(f);
