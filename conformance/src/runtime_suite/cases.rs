@@ -4,8 +4,13 @@
 use std::fmt::Display;
 use std::path::PathBuf;
 
-use boxlite::api::{BoxStatus, CloneOptions, DiskRole, Error, ExportOptions, SnapshotOptions};
+use boxlite::api::{
+    BoxController, BoxStatus, CloneOptions, DiskRole, Error, ExportOptions, LiveBox,
+    SnapshotOptions,
+};
 use boxlite::{BoxliteRuntime, LiteBox};
+
+use crate::live::{check_region, StandinVmm};
 
 use super::model::{check_box, check_snapshot, write_box, write_file, Model};
 use super::{Harness, RuntimeCase};
@@ -65,6 +70,9 @@ macro_rules! __runtime_suite_case_names {
             import_corrupted_archive_changes_nothing,
             import_truncated_archive_changes_nothing,
             start_stop_status_rules,
+            live_snapshot_holds_exactly_the_acknowledged_writes,
+            live_clone_and_export_hold_the_capture,
+            live_capture_failure_changes_nothing,
             concurrent_snapshot_create_exactly_one,
             concurrent_snapshot_remove_exactly_one,
             reopen_keeps_everything,
@@ -195,6 +203,48 @@ async fn setup(h: &Harness, name: &str) -> Result<(BoxliteRuntime, LiteBox, Mode
     let (opts, model) = h.images(name)?;
     let b = ok(rt.create(opts, name).await, "create")?;
     Ok((rt, b, model))
+}
+
+/// A box `name` whose stand-in VM (in-process, see [`crate::live`]) is writing, recorded
+/// Running, on a runtime given that VMM as its controller.
+async fn running(
+    h: &Harness,
+    name: &str,
+) -> Result<(BoxliteRuntime, LiteBox, std::sync::Arc<StandinVmm>), String> {
+    let vmm = StandinVmm::in_process();
+    let rt = h.open_with(Some(vmm.clone())).await?;
+    let (opts, _) = h.images(name)?;
+    let b = ok(rt.create(opts, name).await, "create")?;
+    let info = ok(b.info().await, "info")?;
+    let live = LiveBox {
+        id: info.id,
+        name: name.to_owned(),
+        disks: info.disks,
+    };
+    ok(vmm.start(&live).await, "start the stand-in VM")?;
+    ok(b.start().await, "start")?;
+    vmm.wait_for(b.id(), 50)?;
+    Ok((rt, b, vmm))
+}
+
+/// Stop a running box's stand-in VM and record it Stopped; the final acknowledged count.
+async fn shut_down(vmm: &StandinVmm, b: &LiteBox) -> Result<u64, String> {
+    let info = ok(b.info().await, "info")?;
+    let live = LiveBox {
+        id: info.id,
+        name: b.name().to_owned(),
+        disks: info.disks,
+    };
+    ok(vmm.stop(&live).await, "stop the stand-in VM")?;
+    ok(b.stop().await, "stop")?;
+    vmm.last_halt(b.id())
+        .ok_or_else(|| "the VM reported no count at stop".to_owned())
+}
+
+fn crash_consistent() -> SnapshotOptions {
+    let mut o = SnapshotOptions::default();
+    o.quiesce(false);
+    o
 }
 
 /// Every stored file of the home (storage + staging) for leak checks.
@@ -1123,6 +1173,115 @@ pub mod cases_impl {
         let st = ok(b.info().await, "info")?.status;
         ensure!(st == BoxStatus::Stopped, "status {st}");
         Ok(())
+    }
+
+    pub async fn live_snapshot_holds_exactly_the_acknowledged_writes(
+        h: Harness,
+    ) -> Result<(), String> {
+        // A running box whose VM keeps writing: each live snapshot holds exactly the writes
+        // the VM had acknowledged when the runtime paused it, and none after.
+        let (_rt, b, vmm) = running(&h, "web").await?;
+        let mut taken = Vec::new();
+        for k in 0..3u64 {
+            vmm.wait_for(b.id(), 100 * (k + 1) + 50)?;
+            let name = format!("v{k}");
+            let info = ok(
+                b.snapshot().create(&name, &crash_consistent()).await,
+                "live snapshot",
+            )?;
+            let report = info
+                .capture
+                .ok_or("create of a running box returned no capture report")?;
+            ensure!(
+                !report.stopped,
+                "stopped although pausing works: {report:?}"
+            );
+            let acked = vmm.last_halt(b.id()).ok_or("the VM was never paused")?;
+            let st = ok(b.info().await, "info")?.status;
+            ensure!(
+                st == BoxStatus::Running,
+                "status after a live snapshot: {st}"
+            );
+            taken.push((name, acked));
+            vmm.wait_for(b.id(), acked + 20)
+                .map_err(|e| format!("the VM did not run on after the capture: {e}"))?;
+        }
+        for (name, acked) in &taken {
+            let disks = ok(b.snapshot().disks(name).await, "snapshot disks")?;
+            check_region(&disks.container, *acked, &format!("snapshot {name}"))?;
+        }
+        let fin = shut_down(&vmm, &b).await?;
+        let live = ok(b.info().await, "info")?.disks;
+        check_region(&live.container, fin, "the live disk after stop")?;
+        ok(b.snapshot().restore("v1").await, "restore v1")?;
+        let live = ok(b.info().await, "info")?.disks;
+        check_region(&live.container, taken[1].1, "restored v1")
+    }
+
+    pub async fn live_clone_and_export_hold_the_capture(h: Harness) -> Result<(), String> {
+        let (rt, b, vmm) = running(&h, "web").await?;
+        vmm.wait_for(b.id(), 200)?;
+        let mut copts = CloneOptions::default();
+        copts.live(crash_consistent());
+        let c = ok(b.clone("c", &copts).await, "live clone")?;
+        let at_clone = vmm.last_halt(b.id()).ok_or("the VM was never paused")?;
+        ensure!(
+            b.last_capture().is_some(),
+            "live clone left no capture report"
+        );
+        vmm.wait_for(b.id(), at_clone + 50)?;
+        let mut eopts = ExportOptions::default();
+        eopts.live(crash_consistent());
+        let archive = ok(b.export(&h.scratch(), &eopts).await, "live export")?;
+        let at_export = vmm.last_halt(b.id()).ok_or("the VM was never paused")?;
+        let st = ok(b.info().await, "info")?.status;
+        ensure!(
+            st == BoxStatus::Running,
+            "status after live clone/export: {st}"
+        );
+        let cdisks = ok(c.info().await, "clone info")?.disks;
+        check_region(&cdisks.container, at_clone, "live clone")?;
+        let imported = ok(rt.import(&archive, "imp").await, "import")?;
+        let idisks = ok(imported.info().await, "import info")?.disks;
+        check_region(&idisks.container, at_export, "imported live export")?;
+        let fin = shut_down(&vmm, &b).await?;
+        let live = ok(b.info().await, "info")?.disks;
+        check_region(&live.container, fin, "the source's live disk")
+    }
+
+    pub async fn live_capture_failure_changes_nothing(h: Harness) -> Result<(), String> {
+        // The VMM fails to pause, then (for backends that switch live files) to reopen:
+        // typed error, nothing committed, the VM runs on its own disks.
+        let (_rt, b, vmm) = running(&h, "web").await?;
+        let before = ok(b.info().await, "info")?;
+        for action in ["pause", "reopen"] {
+            vmm.fail_next(action);
+            match b.snapshot().create("v1", &crash_consistent()).await {
+                Err(Error::Vmm { action: a, .. }) if a == action => {}
+                // A backend that keeps the live files never calls reopen: the snapshot is fine.
+                Ok(_) if action == "reopen" => continue,
+                other => {
+                    return Err(format!(
+                        "{action} failure: expected a Vmm error, got {other:?}"
+                    ))
+                }
+            }
+            ensure!(
+                ok(b.snapshot().list().await, "list")?.is_empty(),
+                "{action} failure left a snapshot"
+            );
+            let now = ok(b.info().await, "info")?;
+            ensure!(
+                now == before,
+                "{action} failure changed the box: {before:?} -> {now:?}"
+            );
+            let n = vmm.count(b.id())?;
+            vmm.wait_for(b.id(), n + 20)
+                .map_err(|e| format!("the VM did not run on after a {action} failure: {e}"))?;
+        }
+        let fin = shut_down(&vmm, &b).await?;
+        let live = ok(b.info().await, "info")?.disks;
+        check_region(&live.container, fin, "the live disk")
     }
 
     pub async fn concurrent_snapshot_create_exactly_one(h: Harness) -> Result<(), String> {

@@ -114,6 +114,15 @@ impl Harness {
 
     /// Open (or reopen) the runtime on this case's home with the combination's plugins.
     pub async fn open(&self) -> Result<BoxliteRuntime, String> {
+        self.open_with(None).await
+    }
+
+    /// [`Harness::open`] with a host VMM controller for running boxes (no quiescer: the
+    /// running-box cases capture crash-consistently under pause).
+    pub async fn open_with(
+        &self,
+        controller: Option<std::sync::Arc<dyn boxlite::api::BoxController>>,
+    ) -> Result<BoxliteRuntime, String> {
         let sources = ConfigSources {
             home: Some(self.home()),
             storage: Some(self.combo.storage.clone()),
@@ -122,7 +131,12 @@ impl Harness {
             ..Default::default()
         };
         let config = Config::load(&sources).map_err(|e| format!("config: {e}"))?;
-        BoxliteRuntime::open(config)
+        let mut builder = BoxliteRuntime::builder().config(config);
+        if let Some(c) = controller {
+            builder = builder.controller(c);
+        }
+        builder
+            .open()
             .await
             .map_err(|e| format!("opening the runtime: {e}"))
     }

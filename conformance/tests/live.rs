@@ -6,12 +6,11 @@
 //! The invariant checked everywhere: a capture contains exactly the writes the VMM had
 //! acknowledged when it was paused (or stopped), and none after.
 
+#[path = "../../sdk/tests/common/mod.rs"]
 mod common;
 #[path = "../../guest/tests/common/mod.rs"]
 #[allow(unused_imports)]
 mod guest_common;
-#[path = "live/standin.rs"]
-mod standin;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,15 +20,183 @@ use boxlite::api::{
     BoxStatus, CloneOptions, Error, ExportOptions, LiveBox, Quiescer, SnapshotOptions,
 };
 use boxlite::{BoxliteRuntime, Config, ConfigSources, LiteBox};
+use boxlite_conformance::live::{check_region, GuestWriter, StandinVmm, Vm, VmmEvent as Event};
 use boxlite_guest::AgentQuiescer;
-use standin::{assert_region, Event, Standin};
 
-/// Entry point of the stand-in VMM child process (see `live/standin.rs`). Run without
+type Standin = StandinVmm;
+
+fn assert_region(disk: &Path, acked: u64, what: &str) {
+    if let Err(e) = check_region(disk, acked, what) {
+        panic!("{e}");
+    }
+}
+
+// ------------------------------------------------------------- the stand-in VMM process
+
+/// A stand-in VM in a separate process: this test binary re-executed (entering
+/// `standin_vmm_entry`), running a [`GuestWriter`] and obeying one request per line on a unix
+/// control socket (`pause`, `resume`, `reopen GUEST DISK`, `count`, `stop`; answers
+/// `ok <acknowledged writes>` or `err <why>`). Losing the control connection stops it (its
+/// host is gone).
+struct ProcessVm {
+    child: std::process::Child,
+    out: std::os::unix::net::UnixStream,
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl ProcessVm {
+    fn launch(b: &LiveBox, start_at: u64, dir: &Path) -> Result<Box<dyn Vm>, String> {
+        let ctl = dir.join(format!("{}.sock", b.id));
+        let _ = std::fs::remove_file(&ctl);
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "standin_vmm_entry", "--nocapture"])
+            .env("BOXLITE_STANDIN_VMM", &ctl)
+            .env("VMM_GUEST", &b.disks.guest_rootfs)
+            .env("VMM_DISK", &b.disks.container)
+            .env("VMM_START_AT", start_at.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let until = Instant::now() + Duration::from_secs(20);
+        let conn = loop {
+            match std::os::unix::net::UnixStream::connect(&ctl) {
+                Ok(c) => break c,
+                Err(e) => {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        return Err(format!("the VM process exited {st}"));
+                    }
+                    if Instant::now() > until {
+                        let _ = child.kill();
+                        return Err(e.to_string());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        let reader = std::io::BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
+        Ok(Box::new(ProcessVm {
+            child,
+            out: conn,
+            reader,
+        }))
+    }
+
+    fn call(&mut self, req: &str) -> Result<u64, String> {
+        use std::io::{BufRead, Write};
+        writeln!(self.out, "{req}").map_err(|e| format!("control socket: {e}"))?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("control socket: {e}"))?;
+        match line.trim().split_once(' ') {
+            Some(("ok", n)) => n.parse().map_err(|_| format!("bad answer {line:?}")),
+            _ => Err(format!("the VM process answered {line:?}")),
+        }
+    }
+}
+
+impl Vm for ProcessVm {
+    fn pause(&mut self) -> Result<u64, String> {
+        self.call("pause")
+    }
+    fn resume(&mut self) -> Result<u64, String> {
+        self.call("resume")
+    }
+    fn reopen(&mut self, disks: &boxlite::api::DiskSet) -> Result<u64, String> {
+        self.call(&format!(
+            "reopen {} {}",
+            disks.guest_rootfs.display(),
+            disks.container.display()
+        ))
+    }
+    fn count(&mut self) -> Result<u64, String> {
+        self.call("count")
+    }
+    fn stop(mut self: Box<Self>) -> Result<u64, String> {
+        let n = self.call("stop")?;
+        let st = self.child.wait().map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err(format!("the VM process exited {st}"));
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for ProcessVm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The child side of [`ProcessVm`].
+fn vmm_process_main(ctl: &Path) -> ! {
+    use std::io::{BufRead, Write};
+    let disks = boxlite::api::DiskSet {
+        guest_rootfs: PathBuf::from(std::env::var("VMM_GUEST").expect("VMM_GUEST")),
+        container: PathBuf::from(std::env::var("VMM_DISK").expect("VMM_DISK")),
+    };
+    let start_at = std::env::var("VMM_START_AT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let guest = GuestWriter::boot(&disks, start_at).expect("vmm: boot");
+    let listener = std::os::unix::net::UnixListener::bind(ctl).expect("vmm: bind");
+    let (conn, _) = listener.accept().expect("vmm: accept");
+    let mut out = conn.try_clone().expect("clone");
+    for line in std::io::BufReader::new(conn).lines() {
+        let Ok(line) = line else { break };
+        let mut words = line.split_whitespace();
+        let res = match words.next() {
+            Some("pause") => guest.pause(),
+            Some("resume") => guest.resume(),
+            Some("count") => Ok(guest.count()),
+            Some("reopen") => match (words.next(), words.next()) {
+                (Some(g), Some(d)) => guest.reopen(&boxlite::api::DiskSet {
+                    guest_rootfs: PathBuf::from(g),
+                    container: PathBuf::from(d),
+                }),
+                _ => Err("reopen needs two paths".into()),
+            },
+            Some("stop") => {
+                let res = guest.shutdown();
+                let ok = res.is_ok();
+                let _ = match res {
+                    Ok(n) => writeln!(out, "ok {n}"),
+                    Err(e) => writeln!(out, "err {e}"),
+                };
+                std::process::exit(if ok { 0 } else { 1 });
+            }
+            other => Err(format!("unknown request {other:?}")),
+        };
+        let answer = match res {
+            Ok(n) => format!("ok {n}"),
+            Err(e) => format!("err {e}"),
+        };
+        if writeln!(out, "{answer}").is_err() {
+            break;
+        }
+    }
+    // The host is gone: stop as a VMM whose controller died would be stopped.
+    let _ = guest.shutdown();
+    std::process::exit(0)
+}
+
+/// A controller whose VMs are separate processes (sockets under `dir`).
+fn process_vmm(dir: &Path) -> Arc<Standin> {
+    let dir = dir.to_path_buf();
+    StandinVmm::with_launcher(move |b, start_at| ProcessVm::launch(b, start_at, &dir))
+}
+
+/// Entry point of the stand-in VMM child process ([`ProcessVm`]). Run without
 /// `BOXLITE_STANDIN_VMM` (as every test run does) it returns at once: it is not a test.
 #[test]
 fn standin_vmm_entry() {
     if let Ok(ctl) = std::env::var("BOXLITE_STANDIN_VMM") {
-        standin::vmm_main(Path::new(&ctl));
+        vmm_process_main(Path::new(&ctl));
     }
 }
 
@@ -69,7 +236,7 @@ async fn open(
 async fn host(storage: &str, q: Option<Arc<dyn Quiescer>>) -> Host {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let vmm = Standin::new();
+    let vmm = process_vmm(dir.path());
     let rt = open(&home, storage, &vmm, q).await;
     Host {
         _dir: dir,
@@ -100,7 +267,7 @@ impl Host {
         .await
         .unwrap();
         b.start().await.unwrap();
-        self.vmm.wait_for(b.id(), 50);
+        self.vmm.wait_for(b.id(), 50).unwrap();
         b
     }
 
@@ -137,13 +304,7 @@ impl Host {
 
 /// The write count at the most recent pause or stop of box `b`.
 fn last_halt(vmm: &Standin, b: &LiteBox) -> u64 {
-    vmm.events(b.id())
-        .iter()
-        .rev()
-        .find_map(|e| match e {
-            Event::Paused(n) | Event::Stopped(n) => Some(*n),
-            _ => None,
-        })
+    vmm.last_halt(b.id())
         .expect("the box was never paused or stopped")
 }
 
@@ -155,7 +316,7 @@ async fn live_snapshots_hold_exactly_the_acknowledged_writes(storage: &str) {
     let b = h.running_box("web").await;
     let mut taken = Vec::new();
     for k in 0..5u64 {
-        h.vmm.wait_for(b.id(), 100 * (k + 1) + 50);
+        h.vmm.wait_for(b.id(), 100 * (k + 1) + 50).unwrap();
         let name = format!("v{k}");
         let info = b.snapshot().create(&name, &no_quiesce()).await.unwrap();
         let report = info
@@ -169,7 +330,7 @@ async fn live_snapshots_hold_exactly_the_acknowledged_writes(storage: &str) {
         taken.push((name, acked));
         assert_eq!(b.info().await.unwrap().status, BoxStatus::Running);
         // The guest runs on after the capture (on the box's new live disks).
-        h.vmm.wait_for(b.id(), acked + 20);
+        h.vmm.wait_for(b.id(), acked + 20).unwrap();
     }
     // Every snapshot: exactly the writes acknowledged at its pause, none after, even though
     // the VM kept writing to the box for the later snapshots.
@@ -228,7 +389,7 @@ async fn live_export_streams_the_captured_state_and_the_guest_runs_on() {
     }
     let h = host("qcow2", None).await;
     let b = h.running_box("web").await;
-    h.vmm.wait_for(b.id(), 300);
+    h.vmm.wait_for(b.id(), 300).unwrap();
     let mut opts = ExportOptions::default();
     opts.live(no_quiesce());
     let archive = b.export(h._dir.path(), &opts).await.unwrap();
@@ -236,7 +397,7 @@ async fn live_export_streams_the_captured_state_and_the_guest_runs_on() {
     let report = b.last_capture().expect("report of the live export");
     assert!(!report.stopped && report.warnings.is_empty(), "{report:?}");
     assert_eq!(b.info().await.unwrap().status, BoxStatus::Running);
-    h.vmm.wait_for(b.id(), acked + 50);
+    h.vmm.wait_for(b.id(), acked + 50).unwrap();
     let imported = h.rt.import(&archive, "copy-of-web").await.unwrap();
     assert_region(
         &imported.info().await.unwrap().disks.container,
@@ -255,7 +416,7 @@ async fn live_clone(storage: &str) {
     }
     let h = host(storage, None).await;
     let b = h.running_box("web").await;
-    h.vmm.wait_for(b.id(), 300);
+    h.vmm.wait_for(b.id(), 300).unwrap();
     let mut opts = CloneOptions::default();
     opts.live(no_quiesce());
     let clones = b.clone_many(&["c1", "c2"], &opts).await.unwrap();
@@ -271,7 +432,7 @@ async fn live_clone(storage: &str) {
     let started = b.clone("c3", &opts).await.unwrap();
     assert_eq!(started.info().await.unwrap().status, BoxStatus::Running);
     assert!(h.vmm.running(started.id()));
-    h.vmm.wait_for(started.id(), 20);
+    h.vmm.wait_for(started.id(), 20).unwrap();
     h.shutdown(&started).await;
     let fin = h.shutdown(&b).await;
     assert_region(
@@ -413,7 +574,7 @@ async fn freeze_blocking_past_the_timeout_stops_captures_and_restarts() {
     assert_eq!(live.status, BoxStatus::Running);
     let disks = b.snapshot().disks("v1").await.unwrap();
     assert_region(&disks.container, stopped_at, "snapshot taken stopped");
-    h.vmm.wait_for(b.id(), stopped_at + 30);
+    h.vmm.wait_for(b.id(), stopped_at + 30).unwrap();
     let fin = h.shutdown(&b).await;
     assert_region(
         &b.info().await.unwrap().disks.container,
@@ -454,8 +615,8 @@ async fn controller_failures_roll_back_and_the_guest_runs_on() {
         assert!(b.snapshot().list().await.unwrap().is_empty());
         assert_eq!(b.info().await.unwrap(), before, "{action}");
         // Resumed on its previous disks and still writing to them.
-        let n = h.vmm.count(b.id());
-        h.vmm.wait_for(b.id(), n + 20);
+        let n = h.vmm.count(b.id()).unwrap();
+        h.vmm.wait_for(b.id(), n + 20).unwrap();
     }
     let events = h.vmm.events(b.id());
     assert!(
@@ -595,8 +756,8 @@ async fn quiesced_live_snapshots_freeze_the_guest_only_around_the_pause() {
         .unwrap_or(20);
     let (mut freeze, mut pause) = (Vec::new(), Vec::new());
     for k in 0..runs {
-        let n = h.vmm.count(b.id());
-        h.vmm.wait_for(b.id(), n + 10);
+        let n = h.vmm.count(b.id()).unwrap();
+        h.vmm.wait_for(b.id(), n + 10).unwrap();
         let name = format!("s{k}");
         let info = b
             .snapshot()
@@ -691,8 +852,8 @@ async fn capture_failure_after_freeze_thaws_resumes_and_changes_nothing() {
         "{events:?}"
     );
     // The VM writes to its original disk again, and a retry works.
-    let n = h.vmm.count(b.id());
-    h.vmm.wait_for(b.id(), n + 20);
+    let n = h.vmm.count(b.id()).unwrap();
+    h.vmm.wait_for(b.id(), n + 20).unwrap();
     b.snapshot()
         .create("v1", &SnapshotOptions::default())
         .await
@@ -720,7 +881,7 @@ async fn killed_host_entry() {
         PathBuf::from(parts.next().unwrap()),
         PathBuf::from(parts.next().unwrap()),
     );
-    let vmm = Standin::new();
+    let vmm = process_vmm(home.parent().expect("home has a parent"));
     let q: Arc<dyn Quiescer> =
         Arc::new(AgentQuiescer::new(move |_b: &LiveBox| sock.clone()).with_mounts(vec![mnt]));
     let rt = open(&home, "qcow2", &vmm, Some(q)).await;
