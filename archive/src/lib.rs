@@ -18,6 +18,8 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod manifest;
 mod read;
 mod tarfmt;

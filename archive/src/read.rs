@@ -385,10 +385,20 @@ fn scan(
     limits: &ImportLimits,
     sink: &mut DiskSink<'_>,
 ) -> Result<Scan> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. It
+    // has no effect on the regular files that pass the check below (open(2)).
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::archive(path, None, "not a regular file"));
+        return Err(Error::archive(
+            path,
+            None,
+            "not a regular file (a .boxsnap archive is a file, not a directory, FIFO or device)",
+        ));
     }
     let head = read_head(&mut file, path)?;
     let codec = codec::detect(codecs, &head).ok_or_else(|| {

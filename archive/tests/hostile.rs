@@ -672,3 +672,40 @@ fn inspect_refuses_what_import_refuses() {
     let err = inspect(&p, &builtin_codecs(), &ImportLimits::default()).unwrap_err();
     assert_archive(&err, Some("manifest.json"), "newer boxlite");
 }
+
+/// An archive path that is a FIFO, a directory or a device is refused at once. A FIFO used to
+/// block the import forever in open(2), waiting for a writer (found by the runtime-level
+/// hostile corpus, sdk/tests/hostile_corpus.rs).
+#[test]
+fn non_regular_files_are_refused_without_blocking() {
+    let env = Env::new();
+    let fifo = env.inputs.join("fifo.boxsnap");
+    run(Command::new("mkfifo").arg(&fifo));
+    let dir = env.inputs.join("dir.boxsnap");
+    std::fs::create_dir(&dir).unwrap();
+    for p in [fifo.clone(), dir, PathBuf::from("/dev/zero")] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let staging = env.staging.clone();
+        let path = p.clone();
+        std::thread::spawn(move || {
+            let r = import_archive(
+                &path,
+                &builtin_codecs(),
+                &staging,
+                &ImportLimits::default(),
+                test_validator,
+            );
+            let _ = tx.send(r.map(|_| ()));
+        });
+        let r = rx.recv_timeout(std::time::Duration::from_secs(10));
+        if r.is_err() {
+            // Release the blocked reader before failing.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        }
+        let err = r
+            .unwrap_or_else(|_| panic!("{}: import blocked", p.display()))
+            .expect_err("accepted");
+        assert_archive(&err, None, "not a regular file");
+        assert_eq!(std::fs::read_dir(&env.staging).unwrap().count(), 0);
+    }
+}

@@ -1,7 +1,7 @@
 //! libFuzzer-free stress test of the safe open and everything after it:
 //! real images from the test vectors, truncated and with random bytes
 //! flipped (deterministic xorshift), fed to the same harness as the
-//! cargo-fuzz target (`fuzz/`). Any panic fails the test.
+//! cargo-fuzz target `open_image` (`fuzz/` at the repository root). Any panic fails the test.
 
 mod common;
 
@@ -66,7 +66,7 @@ fn mutated_images_never_panic() {
     }
     let d = tempfile::tempdir().unwrap();
     let seeds = seeds(d.path());
-    // Also write the seeds where run.sh / cargo fuzz can pick them up.
+    // Also write the seeds where fuzz/run.sh / cargo fuzz can pick them up.
     if let Ok(dir) = std::env::var("QCOW2_FUZZ_SEED_DIR") {
         std::fs::create_dir_all(&dir).unwrap();
         for (i, s) in seeds.iter().enumerate() {

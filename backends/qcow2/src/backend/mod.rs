@@ -130,24 +130,42 @@ impl SnapshotBackend for Qcow2Backend {
         let source = source.clone();
         blocking(move || {
             store.ensure_dirs()?;
-            let mut made = Vec::new();
-            let result = for_roles(|role| {
+            // Both images are opened and flattened into staging first: an image the safe
+            // open (or a read of its data) refuses leaves the store untouched, whichever
+            // disk it is (issue 6, "fail closed, change nothing").
+            let mut flat: HashMap<DiskRole, (PathBuf, [u8; 32])> = HashMap::new();
+            let staged = for_roles(|role| {
                 let input = match role {
                     DiskRole::GuestRootfs => &source.guest_rootfs,
                     DiskRole::Container => &source.container,
                 };
-                if !made.is_empty() {
-                    boxlite_api::failpoint!("qcow2.between_roles");
-                }
-                let base = import_base(&store, input)?;
-                let overlay = store.overlay_on(&base)?;
-                made.push(overlay.clone());
-                rel(&ctx, &overlay)
+                let (f, digest) = flatten_input(&store, &ctx.staging, input)?;
+                flat.insert(role, (f.clone(), digest));
+                Ok(f)
+            });
+            let mut made = Vec::new();
+            let result = staged.and_then(|_| {
+                for_roles(|role| {
+                    if !made.is_empty() {
+                        boxlite_api::failpoint!("qcow2.between_roles");
+                    }
+                    let (staged, digest) = flat.get(&role).ok_or_else(|| {
+                        Error::config("internal error: a flattened disk is missing")
+                    })?;
+                    let base = adopt_base(&store, staged, digest)?;
+                    let overlay = store.overlay_on(&base)?;
+                    made.push(overlay.clone());
+                    rel(&ctx, &overlay)
+                })
             });
             if result.is_err() {
                 for f in made {
                     let _ = std::fs::remove_file(f);
                 }
+            }
+            // Whatever was not moved into base/ (on success: nothing) goes.
+            for (f, _) in flat.values() {
+                let _ = std::fs::remove_file(f);
             }
             result
         })
@@ -453,11 +471,27 @@ fn overlays_on(store: &Store, ctx: &StorageContext, base: &DiskSet) -> Result<Di
     result
 }
 
-/// Import one user image (qcow2 or raw, any chain) into `base/` as a standalone flattened
-/// image named by the SHA-256 of its bytes; an identical image already there is reused.
-fn import_base(store: &Store, input: &Path) -> Result<PathBuf> {
+/// Flatten one user image (qcow2 or raw, any chain) into a standalone qcow2 file in
+/// `staging` (the home's staging directory), returning its path and the SHA-256 of its bytes.
+/// Nothing is written outside `staging`: the temporary overlay a raw image is read through
+/// lives there too.
+///
+/// Errors: [`Error::Unsupported`] for a file that is not a regular file, or neither qcow2
+/// nor a plausible raw disk, or that uses a qcow2 feature the safe open refuses;
+/// [`Error::Corrupt`] for a damaged image or chain (loops, depth, unreadable clusters);
+/// [`Error::Io`] for a missing image or backing file.
+fn flatten_input(store: &Store, staging: &Path, input: &Path) -> Result<(PathBuf, [u8; 32])> {
     // The user's own image may back onto anything the user can read: no allowed root here.
     let opts = OpenOptions::new().max_depth(store.max_chain_depth);
+    let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
+    if !meta.is_file() {
+        // A FIFO would block the open below forever; a directory or device is no image.
+        return Err(Error::Unsupported {
+            what: "an image that is not a regular file".into(),
+            path: Some(input.to_owned()),
+            hint: "pass a qcow2 image or a raw disk image file".into(),
+        });
+    }
     let is_qcow2 = {
         use std::io::Read;
         let mut magic = [0u8; 4];
@@ -471,9 +505,7 @@ fn import_base(store: &Store, input: &Path) -> Result<PathBuf> {
     let chain = if is_qcow2 {
         Chain::open(input, &opts)
     } else {
-        let ov = store
-            .base_dir()
-            .join(format!(".raw-{}.qcow2", ulid::Ulid::new()));
+        let ov = staging.join(format!(".raw-{}.qcow2", ulid::Ulid::new()));
         let size = raw_input_size(input)?;
         let name = input.to_str().ok_or_else(|| {
             Error::config(format!("{}: image path is not UTF-8", input.display()))
@@ -487,7 +519,8 @@ fn import_base(store: &Store, input: &Path) -> Result<PathBuf> {
             tracing::warn!(image = %input.display(), backing = %layer.path().display(),
                 "the image has a backing file: its content is copied into the box");
         }
-        flatten_into_base(store, &chain)
+        let tmp = staging.join(format!("import-{}.qcow2", ulid::Ulid::new()));
+        write_plan_staged(&chain, &tmp).map(|digest| (tmp, digest))
     });
     if let Some(ov) = raw_overlay {
         let _ = std::fs::remove_file(ov);
@@ -495,17 +528,18 @@ fn import_base(store: &Store, input: &Path) -> Result<PathBuf> {
     result
 }
 
-fn flatten_into_base(store: &Store, chain: &Chain) -> Result<PathBuf> {
-    let tmp = store
-        .base_dir()
-        .join(format!("import-{}.qcow2", ulid::Ulid::new()));
-    let digest = write_plan_staged(chain, &tmp)?;
+/// Move a flattened image from staging into `base/` under `digest`, the SHA-256 of its bytes
+/// (so boxes made from one image share one file); an identical image already there is reused
+/// and the staged copy removed. Returns the path in `base/`.
+///
+/// Errors: [`Error::Io`] / [`Error::NoSpace`] renaming or removing the file.
+fn adopt_base(store: &Store, staged: &Path, digest: &[u8; 32]) -> Result<PathBuf> {
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     let dest = store.base_dir().join(format!("{hex}.qcow2"));
     if dest.exists() {
-        std::fs::remove_file(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::remove_file(staged).map_err(|e| Error::io(staged, e))?;
     } else {
-        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        std::fs::rename(staged, &dest).map_err(|e| Error::io(&dest, e))?;
         store::sync_dir(&store.base_dir())?;
     }
     Ok(dest)

@@ -1,6 +1,7 @@
-//! Harness shared by the cargo-fuzz target (`fuzz/`) and the in-tree
-//! byte-mutation stress test: run every entry point of the image layer on
-//! arbitrary bytes. Any panic is a bug; errors are expected.
+//! Harness shared by the cargo-fuzz target `open_image` (`fuzz/` at the
+//! repository root) and the in-tree byte-mutation stress test: run every
+//! entry point of the image layer on arbitrary bytes. Any panic is a bug;
+//! errors are expected.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,11 +13,23 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Largest virtual size that is read/flattened in full, in bytes.
 const FULL_LIMIT: u64 = 16 << 20;
 
+/// Where the harness writes its files: `/dev/shm` (tmpfs) when it exists, because every
+/// execution flushes (fdatasync) a written image and on a disk-backed `/tmp` that limits a
+/// run to a few dozen executions per second; the system temporary directory otherwise.
+fn scratch_root() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// Write `data` to a private temporary file and exercise safe open, reads,
 /// allocation map, flatten (into a sink), check, and a small write + flush
 /// on it. Never panics unless the image layer has a bug.
 pub fn exercise_bytes(data: &[u8]) {
-    let dir = std::env::temp_dir().join(format!("boxlite-qcow2-fuzz-{}", std::process::id()));
+    let dir = scratch_root().join(format!("boxlite-qcow2-fuzz-{}", std::process::id()));
     if std::fs::create_dir_all(&dir).is_err() {
         return;
     }
