@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct SnapshotOptions {
     /// Quiesce a running guest (FIFREEZE through the guest agent) before capturing. Default true.
     pub quiesce: bool,
-    /// How long the guest may stay frozen before the agent thaws by itself, in seconds. Default 30.
+    /// How long the freeze may take and the guest may stay frozen before the agent thaws by
+    /// itself, in seconds, 1..=600 (outside: `Config` error before anything happens). Default 30.
     pub quiesce_timeout_secs: u64,
     /// If quiescing fails: stop the box, capture, and report that it was stopped (true, the
     /// default), or fail with `QuiesceFailed` changing nothing (false).

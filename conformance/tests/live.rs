@@ -949,3 +949,156 @@ async fn host_killed_after_freeze_leaves_the_guest_thawed_and_recovery_rolls_bac
     assert!(rt.doctor(false).await.unwrap().problems.is_empty());
     common::assert_store_consistent(&rt, &home, "after a killed live capture").await;
 }
+
+// ------------------------------------------- cancellation, and doctor during an operation
+
+/// Make every pause of `vmm` take `d` (a slow VMM), so a capture can be caught mid-way.
+fn slow_pauses(vmm: &Standin, d: Duration) {
+    vmm.on_pause(move || std::thread::sleep(d));
+}
+
+/// Wait (up to 5 s) until the box rests in `want` again.
+async fn wait_status(b: &LiteBox, want: BoxStatus) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = b.info().await.unwrap().status;
+        if st == want {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "status stuck at {st}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_live_captures_resume_roll_back_and_release_the_box() {
+    if !common::have_qemu() {
+        return;
+    }
+    let h = host("qcow2", None).await;
+    let b = h.running_box("web").await;
+    let before = b.info().await.unwrap();
+    slow_pauses(&h.vmm, Duration::from_millis(600));
+    // Cancelled while paused: the VM is resumed, the status restored, nothing committed.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        b.snapshot().create("v1", &no_quiesce()),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the create should have been cancelled");
+    wait_status(&b, BoxStatus::Running).await;
+    let n = h.vmm.count(b.id()).unwrap();
+    h.vmm.wait_for(b.id(), n + 20).unwrap();
+    assert!(b.snapshot().list().await.unwrap().is_empty());
+    assert_eq!(b.info().await.unwrap(), before);
+    // A cancelled export leaves no partial archive behind.
+    let mut eopts = ExportOptions::default();
+    eopts.live(no_quiesce());
+    let out = h._dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_millis(300), b.export(&out, &eopts)).await;
+    assert!(cancelled.is_err());
+    wait_status(&b, BoxStatus::Running).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "a cancelled export left {left:?}");
+    // The box is usable at once: no Busy, no stale state.
+    slow_pauses(&h.vmm, Duration::ZERO);
+    b.snapshot().create("v1", &no_quiesce()).await.unwrap();
+    let acked = last_halt(&h.vmm, &b);
+    assert_region(
+        &b.snapshot().disks("v1").await.unwrap().container,
+        acked,
+        "after cancels",
+    );
+    let fin = h.shutdown(&b).await;
+    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    h.consistent("after cancelled captures").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_freeze_does_not_block_the_next_capture() {
+    if !common::have_qemu() {
+        return;
+    }
+    let stuck = StuckAgent::start();
+    let h = host("qcow2", Some(quiescer_at(stuck.sock.clone()))).await;
+    let b = h.running_box("web").await;
+    let mut opts = SnapshotOptions::default();
+    opts.quiesce_timeout_secs(30).stop_on_quiesce_fail(false);
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(300), b.snapshot().create("v1", &opts)).await;
+    assert!(cancelled.is_err());
+    wait_status(&b, BoxStatus::Running).await;
+    // The abandoned freeze was let go: the next one times out on its own (not "already in
+    // progress"), and the VM was never paused.
+    opts.quiesce_timeout_secs(1);
+    let err = b.snapshot().create("v1", &opts).await.unwrap_err();
+    assert!(
+        matches!(err, Error::QuiesceFailed { ref reason, .. } if reason.contains("within 1 s")),
+        "{err}"
+    );
+    assert!(
+        !err.to_string()
+            .contains("could not quiesce box 'web': could not"),
+        "{err}"
+    );
+    assert!(h
+        .vmm
+        .events(b.id())
+        .iter()
+        .all(|e| matches!(e, Event::Started(_))));
+    h.shutdown(&b).await;
+    h.consistent("after a cancelled freeze").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_or_a_second_runtime_during_a_live_capture_leaves_it_alone() {
+    if !common::have_qemu() {
+        return;
+    }
+    let h = host("qcow2", None).await;
+    let b = h.running_box("web").await;
+    slow_pauses(&h.vmm, Duration::from_millis(800));
+    let rt = h.rt.clone();
+    let name = b.name().to_owned();
+    let capture = tokio::spawn(async move {
+        let b = rt.get(&name).await.unwrap().unwrap();
+        b.snapshot().create("v1", &no_quiesce()).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Same process: the operation in flight is alive, not a crash to repair.
+    let report = h.rt.doctor(true).await.unwrap();
+    assert!(
+        !report.problems.iter().any(|p| matches!(
+            p.kind,
+            boxlite::ProblemKind::StaleJournal | boxlite::ProblemKind::StuckStatus
+        )),
+        "{:?}",
+        report.problems
+    );
+    let second = common::open_runtime(&h.home).await;
+    assert!(
+        second.recovery_report().rolled_back.is_empty(),
+        "{:?}",
+        second.recovery_report()
+    );
+    capture.await.unwrap().unwrap();
+    slow_pauses(&h.vmm, Duration::ZERO);
+    let acked = last_halt(&h.vmm, &b);
+    assert_region(
+        &b.snapshot().disks("v1").await.unwrap().container,
+        acked,
+        "v1",
+    );
+    let fin = h.shutdown(&b).await;
+    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    h.consistent("after doctor during a capture").await;
+}

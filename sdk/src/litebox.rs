@@ -206,8 +206,14 @@ impl LiteBox {
     /// Export the box to a `.boxsnap` archive at `dest` (a file path, or a directory to write
     /// `<name>.boxsnap` into). Returns the archive's path.
     ///
+    /// A Running box (with a [`BoxController`]) is captured live first per `opts.live` and
+    /// streamed from the captured state while it runs on; the report is in
+    /// [`LiteBox::last_capture`].
+    ///
     /// Errors: [`Error::Busy`]; [`Error::NoSpace`] (the partial archive is removed);
-    /// [`Error::Config`] for an unknown codec or a level outside its range; I/O errors.
+    /// [`Error::Config`] for an unknown codec, a level outside its range or a quiesce timeout
+    /// outside 1..=600 s; for a running box [`Error::Unsupported`] (no controller),
+    /// [`Error::QuiesceFailed`] (nothing changed), [`Error::Vmm`]; I/O errors.
     pub async fn export(&self, dest: &Path, opts: &ExportOptions) -> Result<PathBuf> {
         let inner = &self.inner;
         let rec = self.record().await?;
@@ -308,11 +314,18 @@ impl LiteBox {
     /// Clone the box into several new stopped boxes in one call (a fan-out: with the qcow2
     /// backend every clone is a thin overlay on one shared layer).
     ///
-    /// From the current state (default) the box must be Stopped; with
-    /// `opts.from_snapshot` any status is fine. `opts.cow = false` makes standalone copies.
+    /// From the current state (default) the box may be Stopped, or Running when the runtime
+    /// has a [`BoxController`] (captured live per `opts.live`, see docs/live-snapshots.md; the
+    /// report is in [`LiteBox::last_capture`]); with `opts.from_snapshot` any status is fine.
+    /// `opts.cow = false` makes standalone copies. `opts.start_after_clone` boots every new box
+    /// through the controller and records it Running.
     ///
     /// Errors: [`Error::InvalidName`] / [`Error::AlreadyExists`] for any name (before any
-    /// I/O; duplicates in `names` count); [`Error::NotFound`] for the snapshot; [`Error::Busy`].
+    /// I/O; duplicates in `names` count); [`Error::NotFound`] for the snapshot; [`Error::Busy`];
+    /// for a running source: [`Error::Unsupported`] (no controller), [`Error::Config`] (quiesce
+    /// timeout outside 1..=600 s), [`Error::QuiesceFailed`] (nothing changed), [`Error::Vmm`];
+    /// with `start_after_clone`, [`Error::Vmm`] naming the clones that were and were not
+    /// started (all clones exist).
     pub async fn clone_many(&self, names: &[&str], opts: &CloneOptions) -> Result<Vec<LiteBox>> {
         let inner = &self.inner;
         let mut seen = HashSet::new();
@@ -434,8 +447,23 @@ impl LiteBox {
             .map(|(id, name)| LiteBox::new(inner.clone(), id, (*name).to_owned()))
             .collect();
         if opts.start_after_clone {
+            let (mut started, mut failed) = (Vec::new(), Vec::new());
             for b in &boxes {
-                b.start_vm().await?;
+                match b.start_vm().await {
+                    Ok(()) => started.push(b.name.clone()),
+                    Err(e) => failed.push(format!("'{}': {e}", b.name)),
+                }
+            }
+            if !failed.is_empty() {
+                return Err(Error::vmm(
+                    names.join(", "),
+                    "start",
+                    format!(
+                        "the clones exist; started: [{}]; not started (Stopped): {}",
+                        started.join(", "),
+                        failed.join("; ")
+                    ),
+                ));
             }
         }
         Ok(boxes)
@@ -452,18 +480,7 @@ impl LiteBox {
             name: self.name.clone(),
             disks: rec.disks.under(&self.inner.home.root),
         };
-        controller.start(&live).await.map_err(|e| match e {
-            Error::Vmm {
-                box_name,
-                action,
-                detail,
-            } => Error::Vmm {
-                box_name,
-                action,
-                detail: format!("{detail} (the clone exists and is Stopped)"),
-            },
-            other => other,
-        })?;
+        controller.start(&live).await?;
         self.start().await
     }
 }
@@ -484,8 +501,13 @@ pub struct SnapshotHandle<'a> {
 impl SnapshotHandle<'_> {
     /// Take a snapshot named `name` of the box's disks.
     ///
+    /// A Running box is captured live (docs/live-snapshots.md): quiesced per `opts`, paused,
+    /// captured, resumed and thawed; the returned [`SnapshotInfo::capture`] says how.
+    ///
     /// Errors: [`Error::InvalidName`] (before any I/O), [`Error::AlreadyExists`],
-    /// [`Error::Busy`], [`Error::Unsupported`] for a running box without a controller.
+    /// [`Error::Busy`]; for a running box [`Error::Unsupported`] (no controller),
+    /// [`Error::Config`] (quiesce timeout outside 1..=600 s), [`Error::QuiesceFailed`] (with
+    /// `stop_on_quiesce_fail: false`; nothing changed), [`Error::Vmm`] (nothing committed).
     pub async fn create(&self, name: &str, opts: &SnapshotOptions) -> Result<SnapshotInfo> {
         validate_snapshot_name(name)?;
         let inner = &self.b.inner;

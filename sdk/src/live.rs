@@ -30,6 +30,9 @@ pub(crate) fn validate(opts: &SnapshotOptions) -> Result<()> {
 }
 
 /// A running box held for capture: frozen (if quiesced) and paused, or stopped.
+///
+/// The flags say what has been done and not yet undone, so that [`LiveSession::end`] and the
+/// `Drop` fallback (a cancelled future, a panic) undo exactly that.
 pub(crate) struct LiveSession {
     controller: Arc<dyn BoxController>,
     quiescer: Option<Arc<dyn Quiescer>>,
@@ -38,11 +41,12 @@ pub(crate) struct LiveSession {
     original: DiskSet,
     /// The catalog now records `live.disks` as the box's disks.
     committed: bool,
+    /// A freeze was asked for (it may still be in flight) and no thaw has been sent since.
+    freeze_pending: bool,
     frozen_at: Option<Instant>,
-    halted_at: Instant,
+    /// Paused or stopped at this instant, and not yet resumed or started again.
+    halted_at: Option<Instant>,
     report: CaptureReport,
-    /// False once `end` ran (the Drop fallback then does nothing).
-    armed: bool,
 }
 
 impl LiveSession {
@@ -58,83 +62,90 @@ impl LiveSession {
         live: LiveBox,
         opts: &SnapshotOptions,
     ) -> Result<LiveSession> {
-        let mut report = CaptureReport::default();
-        let mut frozen_at = None;
+        let mut s = LiveSession {
+            controller,
+            quiescer,
+            original: live.disks.clone(),
+            live,
+            committed: false,
+            freeze_pending: false,
+            frozen_at: None,
+            halted_at: None,
+            report: CaptureReport::default(),
+        };
+        let timeout = Duration::from_secs(opts.quiesce_timeout_secs);
+        let mut freeze_started = None;
         if opts.quiesce {
-            let timeout = Duration::from_secs(opts.quiesce_timeout_secs);
-            let reason = match &quiescer {
+            let reason = match s.quiescer.clone() {
                 None => Some(
                     "no guest agent: this runtime was built without a Quiescer \
                      (BoxliteRuntime::builder().quiescer(..))"
                         .to_owned(),
                 ),
-                Some(q) => match tokio::time::timeout(timeout, q.freeze(&live, timeout)).await {
-                    Ok(Ok(mounts)) => {
-                        frozen_at = Some(Instant::now());
-                        report.quiesced = true;
-                        report.frozen_mounts = mounts;
-                        None
+                Some(q) => {
+                    s.freeze_pending = true;
+                    freeze_started = Some(Instant::now());
+                    match tokio::time::timeout(timeout, q.freeze(&s.live, timeout)).await {
+                        Ok(Ok(mounts)) => {
+                            s.frozen_at = Some(Instant::now());
+                            s.report.quiesced = true;
+                            s.report.frozen_mounts = mounts;
+                            None
+                        }
+                        Ok(Err(Error::QuiesceFailed { reason, .. })) => Some(reason),
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some(format!(
+                            "the guest agent did not finish freezing within {} s",
+                            opts.quiesce_timeout_secs
+                        )),
                     }
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some(format!(
-                        "the guest agent did not finish freezing within {} s",
-                        opts.quiesce_timeout_secs
-                    )),
-                },
+                }
             };
             if let Some(reason) = reason {
                 // Whatever a failed or abandoned freeze left frozen is thawed now (the agent
                 // also thaws when the connection goes and when its watchdog fires).
-                if let Some(q) = &quiescer {
-                    if let Err(e) = q.thaw(&live).await {
-                        tracing::warn!(box_name = %live.name, error = %e,
-                            "thaw after a failed freeze failed; the guest agent's watchdog thaws");
-                    }
-                }
-                tracing::warn!(box_name = %live.name, %reason, stop = opts.stop_on_quiesce_fail,
+                s.thaw().await;
+                tracing::warn!(box_name = %s.live.name, %reason, stop = opts.stop_on_quiesce_fail,
                     "quiescing the running box failed");
                 if !opts.stop_on_quiesce_fail {
                     return Err(Error::QuiesceFailed {
-                        box_name: live.name.clone(),
+                        box_name: s.live.name.clone(),
                         reason,
                     });
                 }
-                report.quiesce_error = Some(reason);
-                controller.stop(&live).await?;
-                report.stopped = true;
-                return Ok(LiveSession {
-                    controller,
-                    quiescer,
-                    original: live.disks.clone(),
-                    committed: false,
-                    live,
-                    frozen_at: None,
-                    halted_at: Instant::now(),
-                    report,
-                    armed: true,
-                });
+                s.report.quiesce_error = Some(reason);
+                s.controller.stop(&s.live).await?;
+                s.report.stopped = true;
+                s.halted_at = Some(Instant::now());
+                return Ok(s);
             }
         }
-        // A08 (a): the host dies right after the freeze; the agent's watchdog must thaw.
+        // A08 (a): the host dies right after the freeze; the agent must thaw by itself.
         if let Err(e) = boxlite_api::failpoint::hit("live.after_freeze") {
-            thaw_quietly(&quiescer, &live).await;
+            s.thaw().await;
             return Err(e);
         }
-        if let Err(e) = controller.pause(&live).await {
-            thaw_quietly(&quiescer, &live).await;
+        if let Err(e) = s.controller.pause(&s.live).await {
+            s.thaw().await;
             return Err(e);
         }
-        Ok(LiveSession {
-            controller,
-            quiescer,
-            original: live.disks.clone(),
-            committed: false,
-            live,
-            frozen_at,
-            halted_at: Instant::now(),
-            report,
-            armed: true,
-        })
+        s.halted_at = Some(Instant::now());
+        // The agent's watchdog counts from the freeze request: past the timeout the guest may
+        // have thawed (and written) before the pause. The capture is then crash-consistent.
+        if let Some(started) = freeze_started.filter(|_| s.report.quiesced) {
+            if started.elapsed() >= timeout {
+                s.report.quiesced = false;
+                let why = format!(
+                    "the guest's freeze (timeout {} s) may have expired before the VM was \
+                     paused; the capture is crash-consistent, not application-consistent",
+                    opts.quiesce_timeout_secs
+                );
+                tracing::warn!(box_name = %s.live.name, "{why}");
+                s.report.quiesce_error = Some(why.clone());
+                s.report.warnings.push(why);
+            }
+        }
+        Ok(s)
     }
 
     /// The box as the VMM sees it now (absolute disk paths).
@@ -163,6 +174,22 @@ impl LiveSession {
         self.committed = true;
     }
 
+    /// Send the thaw (once); failures are logged and reported as warnings.
+    async fn thaw(&mut self) {
+        if !std::mem::take(&mut self.freeze_pending) {
+            return;
+        }
+        if let Some(q) = &self.quiescer {
+            if let Err(e) = q.thaw(&self.live).await {
+                tracing::error!(box_name = %self.live.name, error = %e,
+                    "thaw failed; the guest agent's watchdog thaws when the timeout passes");
+                self.report
+                    .warnings
+                    .push(format!("thaw failed (the agent's watchdog thaws): {e}"));
+            }
+        }
+    }
+
     /// Let the box run again and thaw the guest: resume (or, after a stop, start), then thaw.
     /// Unless [`LiveSession::mark_committed`] was called, the VM first goes back to the disks
     /// it had at the start (the capture failed and is being rolled back).
@@ -170,48 +197,46 @@ impl LiveSession {
     /// Never fails: problems become `report.warnings` (logged at error level); the capture
     /// itself has already succeeded or failed by now.
     pub(crate) async fn end(mut self) -> CaptureReport {
-        self.armed = false;
-        let mut report = std::mem::take(&mut self.report);
         if !self.committed && self.live.disks != self.original {
             let original = self.original.clone();
-            if !report.stopped {
+            if !self.report.stopped {
                 if let Err(e) = self.controller.reopen_disks(&self.live, &original).await {
                     tracing::error!(box_name = %self.live.name, error = %e,
                         "could not reopen the box's previous disks after a failed capture");
-                    report.warnings.push(format!(
+                    self.report.warnings.push(format!(
                         "reopening the previous disks after a failed capture failed: {e}"
                     ));
                 }
             }
             self.live.disks = original;
         }
-        let action = if report.stopped { "start" } else { "resume" };
-        let res = if report.stopped {
-            self.controller.start(&self.live).await
-        } else {
-            self.controller.resume(&self.live).await
-        };
-        match res {
-            Ok(()) => report.restarted = report.stopped,
-            Err(e) => {
-                tracing::error!(box_name = %self.live.name, error = %e,
-                    "could not {action} the box after capturing it");
-                report
-                    .warnings
-                    .push(format!("{action} after capture failed: {e}"));
+        if let Some(halted) = self.halted_at {
+            let stopped = self.report.stopped;
+            let action = if stopped { "start" } else { "resume" };
+            let res = if stopped {
+                self.controller.start(&self.live).await
+            } else {
+                self.controller.resume(&self.live).await
+            };
+            // Tried: the Drop fallback must not try again.
+            self.halted_at = None;
+            match res {
+                Ok(()) => self.report.restarted = stopped,
+                Err(e) => {
+                    tracing::error!(box_name = %self.live.name, error = %e,
+                        "could not {action} the box after capturing it");
+                    self.report
+                        .warnings
+                        .push(format!("{action} after capture failed: {e}"));
+                }
             }
+            self.report.pause_window = halted.elapsed();
         }
-        report.pause_window = self.halted_at.elapsed();
-        if let (Some(at), Some(q)) = (self.frozen_at, &self.quiescer) {
-            if let Err(e) = q.thaw(&self.live).await {
-                tracing::error!(box_name = %self.live.name, error = %e,
-                    "thaw failed; the guest agent's watchdog thaws when the timeout passes");
-                report
-                    .warnings
-                    .push(format!("thaw failed (the agent's watchdog thaws): {e}"));
-            }
-            report.freeze_window = Some(at.elapsed());
+        self.thaw().await;
+        if let Some(at) = self.frozen_at {
+            self.report.freeze_window = Some(at.elapsed());
         }
+        let report = std::mem::take(&mut self.report);
         tracing::info!(
             box_name = %self.live.name,
             quiesced = report.quiesced,
@@ -224,56 +249,56 @@ impl LiveSession {
     }
 }
 
-async fn thaw_quietly(quiescer: &Option<Arc<dyn Quiescer>>, live: &LiveBox) {
-    if let Some(q) = quiescer {
-        if let Err(e) = q.thaw(live).await {
-            tracing::error!(box_name = %live.name, error = %e,
-                "thaw failed; the guest agent's watchdog thaws when the timeout passes");
-        }
-    }
-}
-
 impl Drop for LiveSession {
     fn drop(&mut self) {
-        if !self.armed {
+        let halted = self.halted_at.is_some();
+        if !halted && !self.freeze_pending {
             return;
         }
-        // Cancelled mid-capture: resume/restart and thaw from a task (Drop cannot await).
+        // Cancelled or unwound mid-capture: undo from a task (Drop cannot await).
         let controller = self.controller.clone();
         let quiescer = self.quiescer.clone();
         let mut live = self.live.clone();
         let back_to =
             (!self.committed && self.live.disks != self.original).then(|| self.original.clone());
         let stopped = self.report.stopped;
-        let frozen = self.frozen_at.is_some();
+        let thaw = self.freeze_pending;
         tracing::warn!(box_name = %live.name, "live capture abandoned; resuming and thawing");
+        let undo = async move {
+            if halted {
+                if let Some(original) = back_to {
+                    if !stopped {
+                        if let Err(e) = controller.reopen_disks(&live, &original).await {
+                            tracing::error!(box_name = %live.name, error = %e,
+                                "could not reopen the previous disks of an abandoned capture");
+                        }
+                    }
+                    live.disks = original;
+                }
+                let res = if stopped {
+                    controller.start(&live).await
+                } else {
+                    controller.resume(&live).await
+                };
+                if let Err(e) = res {
+                    tracing::error!(box_name = %live.name, error = %e,
+                        "could not resume the box after an abandoned capture");
+                }
+            }
+            if thaw {
+                if let Some(q) = quiescer {
+                    if let Err(e) = q.thaw(&live).await {
+                        tracing::error!(box_name = %live.name, error = %e,
+                            "thaw failed; the guest agent's watchdog thaws when the timeout passes");
+                    }
+                }
+            }
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn(async move {
-                    if let Some(original) = back_to {
-                        if !stopped {
-                            if let Err(e) = controller.reopen_disks(&live, &original).await {
-                                tracing::error!(box_name = %live.name, error = %e,
-                                    "could not reopen the previous disks of an abandoned capture");
-                            }
-                        }
-                        live.disks = original;
-                    }
-                    let res = if stopped {
-                        controller.start(&live).await
-                    } else {
-                        controller.resume(&live).await
-                    };
-                    if let Err(e) = res {
-                        tracing::error!(box_name = %live.name, error = %e,
-                            "could not resume the box after an abandoned capture");
-                    }
-                    if frozen {
-                        thaw_quietly(&quiescer, &live).await;
-                    }
-                });
+                handle.spawn(undo);
             }
-            Err(_) => tracing::error!(box_name = %live.name,
+            Err(_) => tracing::error!(box_name = %self.live.name,
                 "no async runtime to resume the box on; the guest agent's watchdog thaws it"),
         }
     }

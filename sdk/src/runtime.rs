@@ -77,8 +77,13 @@ pub(crate) struct Inner {
 /// `BoxliteRuntime::builder().config(cfg).controller(vmm).quiescer(agent).open().await`.
 ///
 /// Without a [`BoxController`], snapshot/export/clone of a `Running` box fail with
-/// [`Error::Unsupported`] ("stop it first"); without a [`Quiescer`], live captures are not
-/// quiesced (they fall back per `SnapshotOptions`, see docs/live-snapshots.md).
+/// [`Error::Unsupported`] ("stop it first"). Without a [`Quiescer`], a capture that asks to
+/// quiesce (the default) counts as a quiesce failure: with the default
+/// `stop_on_quiesce_fail: true` the box is stopped, captured and restarted; with `false` the
+/// call fails with [`Error::QuiesceFailed`]. `quiesce: false` captures crash-consistently under
+/// pause. The runtime never times out controller calls: a controller must return (an error,
+/// leaving the VM as it was) rather than hang; a caller may cancel the operation's future, which
+/// resumes, thaws and rolls back from a spawned task. See docs/live-snapshots.md.
 #[derive(Default)]
 pub struct RuntimeBuilder {
     config: Option<Config>,
@@ -181,6 +186,10 @@ impl BoxliteRuntime {
         controller: Option<Arc<dyn BoxController>>,
         quiescer: Option<Arc<dyn Quiescer>>,
     ) -> Result<Self> {
+        // Fix this process's start instant before any journal entry is written or any
+        // liveness is checked: entries of this process are then never mistaken for those of
+        // an earlier process that had the same pid.
+        crate::home::process_start();
         config.validate_plugins()?;
         let home = Home::new(config.home.clone());
         create_private_dir(&home.root)?;
@@ -338,8 +347,12 @@ impl BoxliteRuntime {
     /// Remove the box `name` and its snapshots. Storage shared with other boxes (clones) is
     /// kept until its last user goes.
     ///
+    /// A running box needs `force`; with a [`BoxController`] the runtime then stops its VM
+    /// first (without one, the host must have stopped it: its files are deleted).
+    ///
     /// Errors: [`Error::NotFound`]; [`Error::Busy`] during another operation;
-    /// [`Error::InvalidState`] for a running box unless `force`.
+    /// [`Error::InvalidState`] for a running box unless `force`; [`Error::Vmm`] when the
+    /// controller cannot stop it (nothing removed).
     pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
         validate_box_name(name)?;
         let inner = &self.inner;
@@ -362,6 +375,14 @@ impl BoxliteRuntime {
             .begin_holding("box_remove", &rec, BoxStatus::Removing, Vec::new())
             .await?;
         let work = async {
+            if let (BoxStatus::Running, Some(controller)) = (rec.status, &inner.controller) {
+                let live = boxlite_api::LiveBox {
+                    id: rec.id.clone(),
+                    name: inner.label(&rec),
+                    disks: rec.disks.under(&inner.home.root),
+                };
+                controller.stop(&live).await?;
+            }
             let snaps = inner.catalog.list_snapshots(&rec.id).await?;
             let own: HashSet<&DiskSet> = std::iter::once(&rec.disks)
                 .chain(snaps.iter().map(|s| &s.disks))
@@ -445,12 +466,68 @@ enum OpenMode {
 
 /// An operation in flight: its journal entry, the status transition it holds, and the shared
 /// GC lock that keeps its new files from being collected before it commits.
+///
+/// An `Op` dropped without [`Inner::finish`] (the caller's future was cancelled, or a panic
+/// unwound through it) rolls itself back from a spawned task: status restored, journal entry
+/// removed, staged paths deleted, so the box is not left busy until the next open.
 pub(crate) struct Op {
     journal_id: String,
     /// The journal operation name, the prefix of this operation's failpoints.
     operation: String,
     held: Option<(BoxId, BoxStatus, BoxStatus)>,
+    /// Paths recorded in the journal entry (removed if the operation is abandoned).
+    staged: Vec<PathBuf>,
+    catalog: Arc<dyn CatalogBackend>,
+    /// Committed or rolled back: nothing left for `Drop` to do.
+    settled: std::sync::atomic::AtomicBool,
     _gc: GcGuard,
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if self.settled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let ops = rollback_ops(&self.journal_id, &self.held);
+        let catalog = self.catalog.clone();
+        let staged = std::mem::take(&mut self.staged);
+        let journal = self.journal_id.clone();
+        tracing::warn!(operation = %self.operation, journal = %journal,
+            "operation abandoned before it finished; rolling it back");
+        let undo = async move {
+            for path in &staged {
+                remove_staged(path);
+            }
+            if let Err(e) = catalog.apply(ops).await {
+                tracing::error!(error = %e, journal = %journal,
+                    "could not roll back an abandoned operation; recovery will on next open");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(undo);
+            }
+            Err(_) => tracing::error!(journal = %self.journal_id,
+                "no async runtime to roll back an abandoned operation; recovery will on next open"),
+        }
+    }
+}
+
+/// The catalog changes that undo an operation's begin: the held status back, the journal
+/// entry gone.
+fn rollback_ops(journal_id: &str, held: &Option<(BoxId, BoxStatus, BoxStatus)>) -> Vec<CatalogOp> {
+    let mut ops = Vec::new();
+    if let Some((box_id, hold, prior)) = held {
+        ops.push(CatalogOp::SetBoxStatus {
+            box_id: box_id.clone(),
+            expected: *hold,
+            new: *prior,
+        });
+    }
+    ops.push(CatalogOp::RemoveJournal {
+        id: journal_id.to_owned(),
+    });
+    ops
 }
 
 impl Op {
@@ -472,7 +549,7 @@ impl Inner {
         staged: Vec<PathBuf>,
     ) -> Result<Op> {
         let gc = self.gc_shared().await?;
-        let entry = self.journal_entry(operation, box_id.cloned(), None, staged);
+        let entry = self.journal_entry(operation, box_id.cloned(), None, staged.clone());
         let journal_id = entry.id.clone();
         self.catalog
             .apply(vec![CatalogOp::InsertJournal(entry)])
@@ -481,6 +558,9 @@ impl Inner {
             journal_id,
             operation: operation.to_owned(),
             held: None,
+            staged,
+            catalog: self.catalog.clone(),
+            settled: false.into(),
             _gc: gc,
         };
         self.after_begin(op).await
@@ -524,7 +604,12 @@ impl Inner {
         staged: Vec<PathBuf>,
     ) -> Result<Op> {
         let gc = self.gc_shared().await?;
-        let entry = self.journal_entry(operation, Some(rec.id.clone()), Some(rec.status), staged);
+        let entry = self.journal_entry(
+            operation,
+            Some(rec.id.clone()),
+            Some(rec.status),
+            staged.clone(),
+        );
         let journal_id = entry.id.clone();
         self.catalog
             .apply(vec![
@@ -540,6 +625,9 @@ impl Inner {
             journal_id,
             operation: operation.to_owned(),
             held: Some((rec.id.clone(), hold, rec.status)),
+            staged,
+            catalog: self.catalog.clone(),
+            settled: false.into(),
             _gc: gc,
         };
         self.after_begin(op).await
@@ -585,6 +673,9 @@ impl Inner {
     /// the journal removal in one transaction, or roll back if `work` (or the commit) failed.
     /// Runs garbage collection afterwards either way.
     pub(crate) async fn finish<T>(&self, op: Op, work: Result<(Vec<CatalogOp>, T)>) -> Result<T> {
+        // From here on this call settles the operation (even if its own future is dropped
+        // mid-commit, recovery on the next open handles what is left).
+        op.settled.store(true, std::sync::atomic::Ordering::SeqCst);
         let work = work.and_then(|w| {
             boxlite_api::failpoint::hit_at(&op.operation, "before_commit")?;
             Ok(w)
@@ -634,17 +725,8 @@ impl Inner {
     }
 
     async fn rollback(&self, op: &Op) {
-        let mut ops = Vec::new();
-        if let Some((box_id, hold, prior)) = &op.held {
-            ops.push(CatalogOp::SetBoxStatus {
-                box_id: box_id.clone(),
-                expected: *hold,
-                new: *prior,
-            });
-        }
-        ops.push(CatalogOp::RemoveJournal {
-            id: op.journal_id.clone(),
-        });
+        op.settled.store(true, std::sync::atomic::Ordering::SeqCst);
+        let ops = rollback_ops(&op.journal_id, &op.held);
         if let Err(e) = self.catalog.apply(ops).await {
             tracing::error!(error = %e, journal = %op.journal_id,
                 "could not roll back an operation's catalog state; recovery will on next open");

@@ -381,3 +381,53 @@ async fn reopening_with_another_storage_is_refused() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_past_max_chain_depth_is_refused_and_changes_nothing() {
+    if !common::have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        "[plugin.qcow2]\nmax_chain_depth = 6\n",
+    )
+    .unwrap();
+    let rt = common::open_runtime(&home).await;
+    let b = rt
+        .create(common::make_images(dir.path()), "web")
+        .await
+        .unwrap();
+    let mut made = 0;
+    let err = loop {
+        match b
+            .snapshot()
+            .create(&format!("s{made}"), &Default::default())
+            .await
+        {
+            Ok(_) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made < 10, "max_chain_depth = 6 was never enforced");
+    };
+    assert!(
+        matches!(err, boxlite::api::Error::Unsupported { .. })
+            && err.to_string().contains("max_chain_depth"),
+        "{err}"
+    );
+    let before = b.info().await.unwrap();
+    assert_eq!(b.snapshot().list().await.unwrap().len(), made);
+    // Still usable: every snapshot opens, the box opens, doctor is clean; removing a snapshot
+    // merges a layer and makes room again.
+    assert!(rt.doctor(false).await.unwrap().problems.is_empty());
+    common::assert_store_consistent(&rt, &home, "at max depth").await;
+    assert_eq!(b.info().await.unwrap(), before);
+    b.snapshot().remove("s1").await.unwrap();
+    b.snapshot()
+        .create("again", &Default::default())
+        .await
+        .unwrap();
+    common::assert_store_consistent(&rt, &home, "after making room").await;
+}

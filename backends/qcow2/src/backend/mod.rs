@@ -184,6 +184,28 @@ impl SnapshotBackend for Qcow2Backend {
         blocking(move || {
             let mut made = Vec::new();
             let result = (|| {
+                // The new overlay adds one file to the chain: refuse (changing nothing) rather
+                // than make a chain that can no longer be opened.
+                let mut walker = ChainWalker::new(&store);
+                for (_, p) in live.iter() {
+                    let top = ctx.resolve(p);
+                    let depth = walker.files(&top)?.len();
+                    if depth + 1 > store.max_chain_depth {
+                        return Err(Error::Unsupported {
+                            what: format!(
+                                "a snapshot that would make the backing chain {} files deep \
+                                 (max_chain_depth {})",
+                                depth + 1,
+                                store.max_chain_depth
+                            ),
+                            path: Some(top),
+                            hint: "remove snapshots of the box while it is stopped (their \
+                                   layers are merged away), or raise [plugin.qcow2] \
+                                   max_chain_depth"
+                                .into(),
+                        });
+                    }
+                }
                 let new_live = for_roles(|role| {
                     if !made.is_empty() {
                         boxlite_api::failpoint!("qcow2.between_roles");
