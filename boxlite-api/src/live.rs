@@ -103,8 +103,9 @@ pub struct CaptureReport {
     /// After a stop for capture: the box was started again. False with `stopped` means the
     /// restart failed (see `warnings`) and the box is now `Stopped`.
     pub restarted: bool,
-    /// Time from the freeze's success to the thaw's completion (the guest's frozen window),
-    /// `None` when not quiesced.
+    /// Time from the freeze's success to the thaw's completion (the guest's frozen window as
+    /// the host measures it), `None` when no freeze succeeded. When the pause came after the
+    /// quiesce timeout, the agent's watchdog may have thawed earlier: `quiesced` is then false.
     pub freeze_window: Option<Duration>,
     /// Time from pause (or stop) to resume (or restart): how long the guest did not run.
     pub pause_window: Duration,
