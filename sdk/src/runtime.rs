@@ -283,8 +283,9 @@ impl BoxliteRuntime {
     /// box never depends on the given files afterwards).
     ///
     /// Errors: [`Error::InvalidName`] (before any I/O), [`Error::AlreadyExists`], I/O errors
-    /// naming a missing image, [`Error::Unsupported`]/[`Error::Corrupt`] for images the safe
-    /// qcow2 open refuses.
+    /// naming a missing image, [`Error::Unsupported`] for an image that is not a regular file
+    /// (directory, FIFO, device), [`Error::Unsupported`]/[`Error::Corrupt`] for images the
+    /// safe qcow2 open refuses.
     pub async fn create(&self, opts: BoxOptions, name: &str) -> Result<LiteBox> {
         validate_box_name(name)?;
         let inner = &self.inner;
@@ -294,7 +295,14 @@ impl BoxliteRuntime {
             container: absolute(&opts.disk)?,
         };
         for p in [&source.guest_rootfs, &source.container] {
-            std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+            // Not a regular file (a FIFO would block every backend's open forever): refused.
+            if !std::fs::metadata(p).map_err(|e| Error::io(p, e))?.is_file() {
+                return Err(Error::Unsupported {
+                    what: "an image that is not a regular file".into(),
+                    path: Some(p.clone()),
+                    hint: "pass a qcow2 image or a raw disk image file".into(),
+                });
+            }
         }
         let id = BoxId::generate();
         let image = format!(
