@@ -562,3 +562,35 @@ fn chain_policies() {
         ImageError::UnsupportedBacking { .. }
     ));
 }
+
+/// A refcount table entry pointing past the end of the file: opening the image for writing
+/// fails with a corruption instead of later writing a refcount block there. Found by fuzzing
+/// (`open_image`): a 3 KB image whose table pointed at 90 GB became a 90 GB sparse file on
+/// its first write, and `check` then walked all of it for seconds. Reading is unaffected.
+#[test]
+fn refcount_block_past_end_of_file_is_refused_for_writing() {
+    if !qemu_available("refcount_block_past_end_of_file_is_refused_for_writing") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = base(d.path(), "rb.qcow2");
+    let bytes = std::fs::read(&img).unwrap();
+    let rt = u64::from_be_bytes(bytes[48..56].try_into().unwrap());
+    poke(&img, rt + 5 * 8, &be64(0x15_0000_0000));
+    let len = std::fs::metadata(&img).unwrap().len();
+    let e = Chain::open(&img, &OpenOptions::new().writable(true)).unwrap_err();
+    assert!(
+        matches!(e, ImageError::Corrupt { ref reason, .. } if reason.contains("past the end")),
+        "{e:?}"
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), len, "file grew");
+    let c = Chain::open(&img, &OpenOptions::default()).unwrap();
+    let mut b = vec![0u8; 4096];
+    c.read_at(&mut b, 0).unwrap();
+    assert_eq!(b, vec![0x5c; 4096]);
+    let report = boxlite_backend_qcow2::image::check(&img).unwrap();
+    assert!(
+        !report.is_clean(),
+        "check reports the stray block: {report:?}"
+    );
+}
