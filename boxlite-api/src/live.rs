@@ -44,6 +44,12 @@ pub struct LiveBox {
 ///
 /// Every method must be all-or-nothing: on `Err` the VM is in the state it was in before the
 /// call. Errors are returned as [`crate::Error::Vmm`] (see [`crate::Error::vmm`]).
+///
+/// The runtime never times out these calls: return an error rather than hang. When the caller
+/// cancels an operation while a call is in flight, the runtime cannot know whether it took
+/// effect and undoes it blindly, so `resume` of a VM that is not paused and `reopen_disks` to
+/// the files the VM already uses must succeed without effect, and `start` of a VM that runs
+/// must fail without effect.
 #[async_trait]
 pub trait BoxController: Send + Sync {
     /// Stop the vCPUs and make every write the guest has been told is complete durable in the

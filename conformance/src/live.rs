@@ -322,6 +322,7 @@ pub struct StandinVmm {
     events: Mutex<Vec<(BoxId, VmmEvent)>>,
     fail_next: Mutex<HashSet<&'static str>>,
     on_pause: Mutex<Option<PauseHook>>,
+    delays: Mutex<HashMap<&'static str, Duration>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -350,6 +351,7 @@ impl StandinVmm {
             events: Mutex::new(Vec::new()),
             fail_next: Mutex::new(HashSet::new()),
             on_pause: Mutex::new(None),
+            delays: Mutex::new(HashMap::new()),
         })
     }
 
@@ -357,6 +359,20 @@ impl StandinVmm {
     /// an `Error::Vmm`, changing nothing.
     pub fn fail_next(&self, action: &'static str) {
         lock(&self.fail_next).insert(action);
+    }
+
+    /// Make every call of `action` ("pause", "resume", "reopen", "stop", "start") take `d`
+    /// longer, sleeping asynchronously AFTER the VM did it (so a caller can be cancelled while
+    /// the call is in flight but already effective). `Duration::ZERO` removes the delay.
+    pub fn delay_after(&self, action: &'static str, d: Duration) {
+        lock(&self.delays).insert(action, d);
+    }
+
+    async fn delay(&self, action: &'static str) {
+        let d = lock(&self.delays).get(action).copied();
+        if let Some(d) = d.filter(|d| !d.is_zero()) {
+            tokio::time::sleep(d).await;
+        }
     }
 
     /// Run `hook` right after every successful pause.
@@ -457,6 +473,7 @@ impl BoxController for StandinVmm {
         if let Some(hook) = &*lock(&self.on_pause) {
             hook();
         }
+        self.delay("pause").await;
         Ok(())
     }
 
@@ -464,6 +481,7 @@ impl BoxController for StandinVmm {
         self.injected(b, "resume")?;
         let n = self.with_vm(b, "resume", |vm| vm.resume())?;
         self.event(&b.id, VmmEvent::Resumed(n));
+        self.delay("resume").await;
         Ok(())
     }
 
@@ -498,6 +516,7 @@ impl BoxController for StandinVmm {
         self.injected(b, "reopen")?;
         self.with_vm(b, "reopen", |vm| vm.reopen(disks))?;
         self.event(&b.id, VmmEvent::Reopened(disks.clone()));
+        self.delay("reopen").await;
         Ok(())
     }
 }

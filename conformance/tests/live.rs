@@ -952,9 +952,10 @@ async fn host_killed_after_freeze_leaves_the_guest_thawed_and_recovery_rolls_bac
 
 // ------------------------------------------- cancellation, and doctor during an operation
 
-/// Make every pause of `vmm` take `d` (a slow VMM), so a capture can be caught mid-way.
+/// Make every pause of `vmm` take `d` longer (a slow VMM), so a capture can be cancelled
+/// while the pause is in flight (already effective).
 fn slow_pauses(vmm: &Standin, d: Duration) {
-    vmm.on_pause(move || std::thread::sleep(d));
+    vmm.delay_after("pause", d);
 }
 
 /// Wait (up to 5 s) until the box rests in `want` again.
@@ -1101,4 +1102,48 @@ async fn doctor_or_a_second_runtime_during_a_live_capture_leaves_it_alone() {
     let fin = h.shutdown(&b).await;
     assert_region(&b.info().await.unwrap().disks.container, fin, "live");
     h.consistent("after doctor during a capture").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_reopen_or_resume_keeps_every_acknowledged_write() {
+    if !common::have_qemu() {
+        return;
+    }
+    let h = host("qcow2", None).await;
+    let b = h.running_box("web").await;
+    for action in ["reopen", "resume"] {
+        h.vmm.delay_after(action, Duration::from_millis(600));
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(300),
+            b.snapshot()
+                .create(&format!("after-{action}"), &no_quiesce()),
+        )
+        .await;
+        assert!(cancelled.is_err(), "{action}: should have been cancelled");
+        h.vmm.delay_after(action, Duration::ZERO);
+        wait_status(&b, BoxStatus::Running).await;
+        // Running again, on the disks the catalog records.
+        let n = h.vmm.count(b.id()).unwrap();
+        h.vmm.wait_for(b.id(), n + 20).unwrap();
+    }
+    let listed: Vec<String> = b
+        .snapshot()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    // Cancelled during reopen: rolled back. Cancelled during resume: already committed.
+    assert_eq!(listed, vec!["after-resume".to_owned()]);
+    let fin = h.shutdown(&b).await;
+    assert_region(
+        &b.info().await.unwrap().disks.container,
+        fin,
+        "live after cancels",
+    );
+    // An abandoned operation rolls back but does not collect: its files go at the next
+    // operation's (or open's) collection, here an explicit one.
+    assert!(!h.rt.collect_garbage().await.unwrap().is_empty());
+    h.consistent("after cancels during reopen and resume").await;
 }

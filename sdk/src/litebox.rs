@@ -105,7 +105,7 @@ impl LiteBox {
             disks: rec.disks.under(&inner.home.root),
         };
         let mut session =
-            LiveSession::begin(controller, inner.quiescer.clone(), live, opts).await?;
+            LiveSession::begin(controller, inner.quiescer.clone(), live, opts, op.gate()).await?;
         let captured = async {
             boxlite_api::failpoint!("live.after_pause");
             let cap = inner
@@ -121,8 +121,7 @@ impl LiteBox {
                 box_id: rec.id.clone(),
                 disks: cap.live.clone(),
             });
-            inner.catalog.apply(batch).await?;
-            session.mark_committed();
+            session.commit(inner.catalog.clone(), batch).await?;
             debug_assert_eq!(session.live().disks, cap.live.under(&inner.home.root));
             Ok(cap)
         }

@@ -44,8 +44,15 @@ pub(crate) struct LiveSession {
     /// A freeze was asked for (it may still be in flight) and no thaw has been sent since.
     freeze_pending: bool,
     frozen_at: Option<Instant>,
-    /// Paused or stopped at this instant, and not yet resumed or started again.
+    /// A pause (or stop) was asked for (it may still be in flight) and no resume (or start)
+    /// has been sent since.
+    halting: bool,
+    /// When the pause (or stop) completed.
     halted_at: Option<Instant>,
+    /// The catalog commit in flight (its outcome decides which disks the VM must be on).
+    commit_task: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// The operation's gate, held until this session's undo is done (see `Op::gate`).
+    gate: Option<tokio::sync::OwnedMutexGuard<()>>,
     report: CaptureReport,
 }
 
@@ -61,6 +68,7 @@ impl LiveSession {
         quiescer: Option<Arc<dyn Quiescer>>,
         live: LiveBox,
         opts: &SnapshotOptions,
+        gate: Arc<tokio::sync::Mutex<()>>,
     ) -> Result<LiveSession> {
         let mut s = LiveSession {
             controller,
@@ -70,7 +78,10 @@ impl LiveSession {
             committed: false,
             freeze_pending: false,
             frozen_at: None,
+            halting: false,
             halted_at: None,
+            commit_task: None,
+            gate: Some(gate.lock_owned().await),
             report: CaptureReport::default(),
         };
         let timeout = Duration::from_secs(opts.quiesce_timeout_secs);
@@ -114,8 +125,13 @@ impl LiveSession {
                     });
                 }
                 s.report.quiesce_error = Some(reason);
-                s.controller.stop(&s.live).await?;
                 s.report.stopped = true;
+                s.halting = true;
+                if let Err(e) = s.controller.stop(&s.live).await {
+                    s.halting = false;
+                    s.report.stopped = false;
+                    return Err(e);
+                }
                 s.halted_at = Some(Instant::now());
                 return Ok(s);
             }
@@ -125,7 +141,9 @@ impl LiveSession {
             s.thaw().await;
             return Err(e);
         }
+        s.halting = true;
         if let Err(e) = s.controller.pause(&s.live).await {
+            s.halting = false;
             s.thaw().await;
             return Err(e);
         }
@@ -161,17 +179,38 @@ impl LiveSession {
         if *disks == self.live.disks {
             return Ok(());
         }
+        // Recorded before the call: if this future is dropped while the VMM reopens, the undo
+        // must assume the VM may be on `disks` and reopen the original ones.
+        let before = std::mem::replace(&mut self.live.disks, disks.clone());
         if !self.report.stopped {
-            self.controller.reopen_disks(&self.live, disks).await?;
+            if let Err(e) = self.controller.reopen_disks(&self.live, disks).await {
+                self.live.disks = before;
+                return Err(e);
+            }
         }
-        self.live.disks = disks.clone();
         Ok(())
     }
 
-    /// The catalog now records the disks of the last [`LiveSession::switch_disks`]: keep the
-    /// VM on them.
-    pub(crate) fn mark_committed(&mut self) {
-        self.committed = true;
+    /// Commit `batch` (which records the disks of the last [`LiveSession::switch_disks`]) in
+    /// one catalog transaction, on a spawned task: if this future is dropped mid-commit, the
+    /// undo waits for the outcome and keeps the VM on the new disks if it committed.
+    ///
+    /// Errors: the catalog's error (nothing committed).
+    pub(crate) async fn commit(
+        &mut self,
+        catalog: Arc<dyn boxlite_api::CatalogBackend>,
+        batch: Vec<boxlite_api::CatalogOp>,
+    ) -> Result<()> {
+        let task = tokio::spawn(async move { catalog.apply(batch).await });
+        let res = match self.commit_task.insert(task).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::config(format!(
+                "internal error: catalog task failed: {e}"
+            ))),
+        };
+        self.commit_task = None;
+        self.committed = res.is_ok();
+        res
     }
 
     /// Send the thaw (once); failures are logged and reported as warnings.
@@ -210,7 +249,7 @@ impl LiveSession {
             }
             self.live.disks = original;
         }
-        if let Some(halted) = self.halted_at {
+        if self.halting {
             let stopped = self.report.stopped;
             let action = if stopped { "start" } else { "resume" };
             let res = if stopped {
@@ -219,7 +258,7 @@ impl LiveSession {
                 self.controller.resume(&self.live).await
             };
             // Tried: the Drop fallback must not try again.
-            self.halted_at = None;
+            self.halting = false;
             match res {
                 Ok(()) => self.report.restarted = stopped,
                 Err(e) => {
@@ -230,7 +269,9 @@ impl LiveSession {
                         .push(format!("{action} after capture failed: {e}"));
                 }
             }
-            self.report.pause_window = halted.elapsed();
+            if let Some(halted) = self.halted_at {
+                self.report.pause_window = halted.elapsed();
+            }
         }
         self.thaw().await;
         if let Some(at) = self.frozen_at {
@@ -251,10 +292,12 @@ impl LiveSession {
 
 impl Drop for LiveSession {
     fn drop(&mut self) {
-        let halted = self.halted_at.is_some();
+        let halted = self.halting;
+        let gate = self.gate.take();
         if !halted && !self.freeze_pending {
             return;
         }
+        let commit_task = self.commit_task.take();
         // Cancelled or unwound mid-capture: undo from a task (Drop cannot await).
         let controller = self.controller.clone();
         let quiescer = self.quiescer.clone();
@@ -265,6 +308,15 @@ impl Drop for LiveSession {
         let thaw = self.freeze_pending;
         tracing::warn!(box_name = %live.name, "live capture abandoned; resuming and thawing");
         let undo = async move {
+            // Held until this undo is done: the abandoned operation restores the box's status
+            // only afterwards.
+            let _gate = gate;
+            // A commit in flight decides: committed -> the VM stays on the new disks.
+            let committed = match commit_task {
+                Some(t) => matches!(t.await, Ok(Ok(()))),
+                None => false,
+            };
+            let back_to = back_to.filter(|_| !committed);
             if halted {
                 if let Some(original) = back_to {
                     if !stopped {

@@ -488,6 +488,10 @@ pub(crate) struct Op {
     catalog: Arc<dyn CatalogBackend>,
     /// Committed or rolled back: nothing left for `Drop` to do.
     settled: std::sync::atomic::AtomicBool,
+    /// Held by a live capture's session until its undo (resume, thaw) is done: an abandoned
+    /// operation restores the box's status only after that, so no next operation can start
+    /// while the VM is still paused by this one.
+    gate: Arc<tokio::sync::Mutex<()>>,
     _gc: GcGuard,
 }
 
@@ -500,9 +504,11 @@ impl Drop for Op {
         let catalog = self.catalog.clone();
         let staged = std::mem::take(&mut self.staged);
         let journal = self.journal_id.clone();
+        let gate = self.gate.clone();
         tracing::warn!(operation = %self.operation, journal = %journal,
             "operation abandoned before it finished; rolling it back");
         let undo = async move {
+            let _after_live_undo = gate.lock().await;
             for path in &staged {
                 remove_staged(path);
             }
@@ -519,6 +525,60 @@ impl Drop for Op {
                 "no async runtime to roll back an abandoned operation; recovery will on next open"),
         }
     }
+}
+
+/// Apply `ops` (one transaction) on a spawned task and wait for it. Dropping the caller's
+/// future cannot leave the outcome unknown: the task still completes, and if it committed
+/// after the caller was gone, `undo` is applied and `staged` removed.
+///
+/// Errors: the catalog's error (nothing applied).
+async fn apply_or_undo(
+    catalog: &Arc<dyn CatalogBackend>,
+    ops: Vec<CatalogOp>,
+    undo: Vec<CatalogOp>,
+    staged: Vec<PathBuf>,
+) -> Result<()> {
+    struct Pending {
+        task: Option<tokio::task::JoinHandle<Result<()>>>,
+        catalog: Arc<dyn CatalogBackend>,
+        undo: Vec<CatalogOp>,
+        staged: Vec<PathBuf>,
+    }
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            let Some(task) = self.task.take() else { return };
+            let catalog = self.catalog.clone();
+            let undo = std::mem::take(&mut self.undo);
+            let staged = std::mem::take(&mut self.staged);
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = task.await {
+                    for p in &staged {
+                        remove_staged(p);
+                    }
+                    if let Err(e) = catalog.apply(undo).await {
+                        tracing::error!(error = %e,
+                            "could not undo an abandoned begin; recovery will on next open");
+                    }
+                }
+            });
+        }
+    }
+    let task = {
+        let catalog = catalog.clone();
+        tokio::spawn(async move { catalog.apply(ops).await })
+    };
+    let mut pending = Pending {
+        task: Some(task),
+        catalog: catalog.clone(),
+        undo,
+        staged,
+    };
+    let res = match pending.task.as_mut() {
+        Some(t) => t.await,
+        None => return Ok(()),
+    };
+    pending.task = None;
+    res.map_err(|e| Error::config(format!("internal error: catalog task failed: {e}")))?
 }
 
 /// The catalog changes that undo an operation's begin: the held status back, the journal
@@ -539,6 +599,11 @@ fn rollback_ops(journal_id: &str, held: &Option<(BoxId, BoxStatus, BoxStatus)>) 
 }
 
 impl Op {
+    /// The gate a live capture holds until its undo is done (see the field's docs).
+    pub(crate) fn gate(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.gate.clone()
+    }
+
     /// The status the box returns to when the operation ends (its status before it began,
     /// unless changed with [`Op::return_to`]).
     pub(crate) fn return_to(&mut self, status: BoxStatus) {
@@ -559,9 +624,13 @@ impl Inner {
         let gc = self.gc_shared().await?;
         let entry = self.journal_entry(operation, box_id.cloned(), None, staged.clone());
         let journal_id = entry.id.clone();
-        self.catalog
-            .apply(vec![CatalogOp::InsertJournal(entry)])
-            .await?;
+        apply_or_undo(
+            &self.catalog,
+            vec![CatalogOp::InsertJournal(entry)],
+            rollback_ops(&journal_id, &None),
+            staged.clone(),
+        )
+        .await?;
         let op = Op {
             journal_id,
             operation: operation.to_owned(),
@@ -569,6 +638,7 @@ impl Inner {
             staged,
             catalog: self.catalog.clone(),
             settled: false.into(),
+            gate: Default::default(),
             _gc: gc,
         };
         self.after_begin(op).await
@@ -619,23 +689,29 @@ impl Inner {
             staged.clone(),
         );
         let journal_id = entry.id.clone();
-        self.catalog
-            .apply(vec![
+        let held = Some((rec.id.clone(), hold, rec.status));
+        apply_or_undo(
+            &self.catalog,
+            vec![
                 CatalogOp::SetBoxStatus {
                     box_id: rec.id.clone(),
                     expected: rec.status,
                     new: hold,
                 },
                 CatalogOp::InsertJournal(entry),
-            ])
-            .await?;
+            ],
+            rollback_ops(&journal_id, &held),
+            staged.clone(),
+        )
+        .await?;
         let op = Op {
             journal_id,
             operation: operation.to_owned(),
-            held: Some((rec.id.clone(), hold, rec.status)),
+            held,
             staged,
             catalog: self.catalog.clone(),
             settled: false.into(),
+            gate: Default::default(),
             _gc: gc,
         };
         self.after_begin(op).await
@@ -705,12 +781,27 @@ impl Inner {
                 ops.push(CatalogOp::RemoveJournal {
                     id: op.journal_id.clone(),
                 });
-                match self.catalog.apply(ops).await {
-                    Ok(()) => Ok(value),
-                    Err(e) => {
-                        self.rollback(&op).await;
-                        Err(e)
+                // On a spawned task: a caller dropping this future mid-commit cannot leave
+                // the box held (the task commits, or rolls back if the commit fails).
+                let catalog = self.catalog.clone();
+                let undo = rollback_ops(&op.journal_id, &op.held);
+                let journal = op.journal_id.clone();
+                let task = tokio::spawn(async move {
+                    let res = catalog.apply(ops).await;
+                    if res.is_err() {
+                        if let Err(e) = catalog.apply(undo).await {
+                            tracing::error!(error = %e, %journal,
+                                "could not roll back an operation's catalog state; recovery will on next open");
+                        }
                     }
+                    res
+                });
+                match task.await {
+                    Ok(Ok(())) => Ok(value),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(Error::config(format!(
+                        "internal error: catalog task failed: {e}"
+                    ))),
                 }
             }
             Err(e) => {
@@ -735,10 +826,16 @@ impl Inner {
     async fn rollback(&self, op: &Op) {
         op.settled.store(true, std::sync::atomic::Ordering::SeqCst);
         let ops = rollback_ops(&op.journal_id, &op.held);
-        if let Err(e) = self.catalog.apply(ops).await {
-            tracing::error!(error = %e, journal = %op.journal_id,
-                "could not roll back an operation's catalog state; recovery will on next open");
-        }
+        let catalog = self.catalog.clone();
+        let journal = op.journal_id.clone();
+        // On a spawned task, so that dropping the caller's future cannot cut it short.
+        let task = tokio::spawn(async move {
+            if let Err(e) = catalog.apply(ops).await {
+                tracing::error!(error = %e, %journal,
+                    "could not roll back an operation's catalog state; recovery will on next open");
+            }
+        });
+        let _ = task.await;
     }
 
     /// Every root the garbage collector keeps: each box's live disks and each snapshot's disks.
