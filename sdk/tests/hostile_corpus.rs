@@ -14,7 +14,8 @@
 //! A table of case -> error is printed at the end (`--no-capture` to see it). With
 //! `BOXLITE_FUZZ_SEED_DIR=<dir>` the archive inputs are also written to
 //! `<dir>/import_archive/` and the image inputs to `<dir>/open_image/` as fuzz seeds
-//! (`fuzz/run.sh`).
+//! (`fuzz/run.sh`). `BOXLITE_CORPUS_STORAGE=copy` runs the corpus on another storage backend
+//! (exploratory: the expectations are written for qcow2, e.g. its `max_chain_depth`).
 
 mod common;
 mod corpus;
@@ -275,10 +276,12 @@ async fn hostile_corpus_fails_closed_and_changes_nothing() {
         .mode(0o700)
         .create(&home)
         .unwrap();
-    // A small chain-depth bound, so that the depth case needs only a few files.
+    // A small chain-depth bound, so that the depth case needs only a few files. The storage
+    // backend is qcow2 (the default) unless BOXLITE_CORPUS_STORAGE names another.
+    let storage = std::env::var("BOXLITE_CORPUS_STORAGE").unwrap_or_else(|_| "qcow2".into());
     std::fs::write(
         home.join("config.toml"),
-        "[plugin.qcow2]\nmax_chain_depth = 8\n",
+        format!("storage = \"{storage}\"\n[plugin.qcow2]\nmax_chain_depth = 8\n"),
     )
     .unwrap();
 
