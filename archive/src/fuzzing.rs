@@ -94,6 +94,8 @@ where
     };
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_dir_all(&staging);
+    // Leaves no empty directory behind once the process is done (it is recreated per call).
+    let _ = std::fs::remove_dir(&dir);
     ok
 }
 

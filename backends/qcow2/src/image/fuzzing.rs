@@ -72,4 +72,6 @@ pub fn exercise_bytes(data: &[u8]) {
         let _ = check(&path);
     }
     let _ = std::fs::remove_file(&path);
+    // No empty directory is left behind once the process is done (recreated per call).
+    let _ = std::fs::remove_dir(&dir);
 }
