@@ -181,10 +181,11 @@ impl LiveSession {
         }
         // Recorded before the call: if this future is dropped while the VMM reopens, the undo
         // must assume the VM may be on `disks` and reopen the original ones.
-        let before = std::mem::replace(&mut self.live.disks, disks.clone());
+        let current = self.live.clone();
+        self.live.disks = disks.clone();
         if !self.report.stopped {
-            if let Err(e) = self.controller.reopen_disks(&self.live, disks).await {
-                self.live.disks = before;
+            if let Err(e) = self.controller.reopen_disks(&current, disks).await {
+                self.live.disks = current.disks;
                 return Err(e);
             }
         }
