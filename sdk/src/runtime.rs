@@ -550,7 +550,13 @@ async fn apply_or_undo(
             let catalog = self.catalog.clone();
             let undo = std::mem::take(&mut self.undo);
             let staged = std::mem::take(&mut self.staged);
-            tokio::spawn(async move {
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                tracing::error!(
+                    "no async runtime to undo an abandoned begin; recovery will on next open"
+                );
+                return;
+            };
+            handle.spawn(async move {
                 if let Ok(Ok(())) = task.await {
                     for p in &staged {
                         remove_staged(p);
