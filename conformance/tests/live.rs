@@ -302,6 +302,23 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Stop the box's VM and check its recorded live disk holds every acknowledged write.
+    async fn stop_and_check_live(&self, b: &LiteBox, what: &str) -> u64 {
+        let fin = self.shutdown(b).await;
+        let live = b.info().await.unwrap().disks;
+        assert_region(&live.container, fin, what);
+        fin
+    }
+}
+
+/// Check snapshot `name` of `b` holds exactly the writes acknowledged at the last pause/stop.
+async fn check_snapshot_at_last_halt(vmm: &Standin, b: &LiteBox, name: &str) {
+    let acked = last_halt(vmm, b);
+    let disks = b.snapshot().disks(name).await.unwrap();
+    assert_region(&disks.container, acked, &format!("snapshot {name}"));
+}
+
 /// The write count at the most recent pause or stop of box `b`.
 fn last_halt(vmm: &Standin, b: &LiteBox) -> u64 {
     vmm.last_halt(b.id())
@@ -359,9 +376,7 @@ async fn live_snapshots_hold_exactly_the_acknowledged_writes(storage: &str) {
     } else {
         assert_eq!(reopens, 0, "{storage} keeps the live files: {events:?}");
     }
-    let fin = h.shutdown(&b).await;
-    let live = b.info().await.unwrap().disks;
-    assert_region(&live.container, fin, "live disk after stop");
+    h.stop_and_check_live(&b, "live disk after stop").await;
     // A restore of a live snapshot gives back exactly its writes.
     b.snapshot().restore("v2").await.unwrap();
     assert_region(
@@ -404,9 +419,8 @@ async fn live_export_streams_the_captured_state_and_the_guest_runs_on() {
         acked,
         "imported live export",
     );
-    let fin = h.shutdown(&b).await;
+    let fin = h.stop_and_check_live(&b, "live disk").await;
     assert!(fin > acked + 50);
-    assert_region(&b.info().await.unwrap().disks.container, fin, "live disk");
     h.consistent("after live export").await;
 }
 
@@ -434,12 +448,7 @@ async fn live_clone(storage: &str) {
     assert!(h.vmm.running(started.id()));
     h.vmm.wait_for(started.id(), 20).unwrap();
     h.shutdown(&started).await;
-    let fin = h.shutdown(&b).await;
-    assert_region(
-        &b.info().await.unwrap().disks.container,
-        fin,
-        "source live disk",
-    );
+    h.stop_and_check_live(&b, "source live disk").await;
     h.consistent("after live clones").await;
 }
 
@@ -575,12 +584,7 @@ async fn freeze_blocking_past_the_timeout_stops_captures_and_restarts() {
     let disks = b.snapshot().disks("v1").await.unwrap();
     assert_region(&disks.container, stopped_at, "snapshot taken stopped");
     h.vmm.wait_for(b.id(), stopped_at + 30).unwrap();
-    let fin = h.shutdown(&b).await;
-    assert_region(
-        &b.info().await.unwrap().disks.container,
-        fin,
-        "live after restart",
-    );
+    h.stop_and_check_live(&b, "live after restart").await;
 
     // If the restart fails, the box is recorded Stopped and the report says so.
     let b2 = h.running_box("web2").await;
@@ -631,12 +635,7 @@ async fn controller_failures_roll_back_and_the_guest_runs_on() {
         report.warnings.iter().any(|w| w.contains("resume")),
         "{report:?}"
     );
-    let acked = last_halt(&h.vmm, &b);
-    assert_region(
-        &b.snapshot().disks("v1").await.unwrap().container,
-        acked,
-        "v1",
-    );
+    check_snapshot_at_last_halt(&h.vmm, &b, "v1").await;
     boxlite::api::BoxController::resume(
         &*h.vmm,
         &LiveBox {
@@ -647,8 +646,7 @@ async fn controller_failures_roll_back_and_the_guest_runs_on() {
     )
     .await
     .unwrap();
-    let fin = h.shutdown(&b).await;
-    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    h.stop_and_check_live(&b, "live").await;
     h.consistent("after controller failures").await;
 }
 
@@ -798,8 +796,7 @@ async fn quiesced_live_snapshots_freeze_the_guest_only_around_the_pause() {
         percentile(&pause, 0.5),
         percentile(&pause, 0.99),
     );
-    let fin = h.shutdown(&b).await;
-    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    h.stop_and_check_live(&b, "live").await;
     h.consistent("after quiesced live snapshots").await;
 }
 
@@ -858,14 +855,8 @@ async fn capture_failure_after_freeze_thaws_resumes_and_changes_nothing() {
         .create("v1", &SnapshotOptions::default())
         .await
         .unwrap();
-    let acked = last_halt(&h.vmm, &b);
-    assert_region(
-        &b.snapshot().disks("v1").await.unwrap().container,
-        acked,
-        "retry",
-    );
-    let fin = h.shutdown(&b).await;
-    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    check_snapshot_at_last_halt(&h.vmm, &b, "v1").await;
+    h.stop_and_check_live(&b, "live").await;
     h.consistent("after a failed live capture").await;
 }
 
@@ -1013,14 +1004,8 @@ async fn cancelled_live_captures_resume_roll_back_and_release_the_box() {
     // The box is usable at once: no Busy, no stale state.
     slow_pauses(&h.vmm, Duration::ZERO);
     b.snapshot().create("v1", &no_quiesce()).await.unwrap();
-    let acked = last_halt(&h.vmm, &b);
-    assert_region(
-        &b.snapshot().disks("v1").await.unwrap().container,
-        acked,
-        "after cancels",
-    );
-    let fin = h.shutdown(&b).await;
-    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    check_snapshot_at_last_halt(&h.vmm, &b, "v1").await;
+    h.stop_and_check_live(&b, "live").await;
     h.consistent("after cancelled captures").await;
 }
 
@@ -1093,14 +1078,8 @@ async fn doctor_or_a_second_runtime_during_a_live_capture_leaves_it_alone() {
     );
     capture.await.unwrap().unwrap();
     slow_pauses(&h.vmm, Duration::ZERO);
-    let acked = last_halt(&h.vmm, &b);
-    assert_region(
-        &b.snapshot().disks("v1").await.unwrap().container,
-        acked,
-        "v1",
-    );
-    let fin = h.shutdown(&b).await;
-    assert_region(&b.info().await.unwrap().disks.container, fin, "live");
+    check_snapshot_at_last_halt(&h.vmm, &b, "v1").await;
+    h.stop_and_check_live(&b, "live").await;
     h.consistent("after doctor during a capture").await;
 }
 
@@ -1136,12 +1115,7 @@ async fn cancel_during_reopen_or_resume_keeps_every_acknowledged_write() {
         .collect();
     // Cancelled during reopen: rolled back. Cancelled during resume: already committed.
     assert_eq!(listed, vec!["after-resume".to_owned()]);
-    let fin = h.shutdown(&b).await;
-    assert_region(
-        &b.info().await.unwrap().disks.container,
-        fin,
-        "live after cancels",
-    );
+    h.stop_and_check_live(&b, "live after cancels").await;
     // An abandoned operation rolls back but does not collect: its files go at the next
     // operation's (or open's) collection, here an explicit one.
     assert!(!h.rt.collect_garbage().await.unwrap().is_empty());

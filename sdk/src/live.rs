@@ -231,7 +231,7 @@ impl LiveSession {
     }
 
     /// Let the box run again and thaw the guest: resume (or, after a stop, start), then thaw.
-    /// Unless [`LiveSession::mark_committed`] was called, the VM first goes back to the disks
+    /// Unless [`LiveSession::commit`] succeeded, the VM first goes back to the disks
     /// it had at the start (the capture failed and is being rolled back).
     ///
     /// Never fails: problems become `report.warnings` (logged at error level); the capture
